@@ -1,0 +1,38 @@
+# `make test` sets up a fresh Debian 12 machine (as root) from a clean clone and runs the suite.
+PY ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+APT_PACKAGES := git graphviz busybox-static
+
+.PHONY: setup apt venv test lint typecheck unit demo clean
+
+setup: apt venv
+
+apt:
+	@missing=""; for p in $(APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then \
+	  if [ "$$(id -u)" = 0 ]; then \
+	    echo "installing:$$missing"; \
+	    DEBIAN_FRONTEND=noninteractive apt-get update -qq && \
+	    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
+	  else echo "missing apt packages:$$missing (run as root or install them)"; exit 1; fi; \
+	fi
+
+$(BIN)/python:
+	$(PY) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+
+venv: $(BIN)/python
+	$(BIN)/pip install -q -e '.[test]'
+
+lint: venv
+	$(BIN)/ruff check engine nbbuild tests
+	$(BIN)/mypy
+
+test: setup
+	$(BIN)/ruff check engine nbbuild tests
+	$(BIN)/mypy
+	$(BIN)/pytest -q
+
+clean:
+	rm -rf $(VENV) build *.egg-info .pytest_cache .mypy_cache .ruff_cache
