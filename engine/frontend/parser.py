@@ -350,9 +350,7 @@ def _parse_json(rest: str) -> _Parsed:
     if not isinstance(value, list):
         raise _NotJSON(rest)
     if not all(isinstance(item, str) for item in value):
-        raise _ParseError(
-            "when using JSON array syntax, arrays must be comprised of strings only"
-        )
+        raise _ParseError("when using JSON array syntax, arrays must be comprised of strings only")
     return _Parsed(args=tuple(value), json_form=True)
 
 
