@@ -2,8 +2,10 @@
 
 A :class:`Lexer` expands ``$VAR`` / ``${VAR...}`` references, removes quotes and escapes, and can
 split the result into fields the way BuildKit does for ``EXPOSE``-like instructions. It is a
-single left-to-right scanner: glob patterns (``#``, ``%``, ``/`` modifiers) are the only place a
-regular expression is used, and those are compiled once per distinct pattern.
+single left-to-right scanner that takes runs of ordinary characters in one step (a character-class
+search, no backtracking); words without ``$``, quotes, ``<`` or the escape token are returned
+as they are. Glob patterns (``#``, ``%``, ``/`` modifiers) become regular expressions, compiled
+once per distinct pattern.
 
 Deliberate fidelity notes (each mirrors BuildKit at HEAD, so the same Dockerfile gives the same
 result in both):
@@ -41,6 +43,7 @@ _GO_SPACE = frozenset(
 # POSIX special parameters that BuildKit accepts as one-character names ($@, $#, ...).
 _SPECIAL_PARAMS = frozenset("@*#?-$!0")
 # Whitespace allowed between ``<<`` and a heredoc word (BuildKit's isWhitespace).
+_GO_SPACE_RE = re.compile("[" + re.escape("".join(sorted(_GO_SPACE))) + "]")
 _HEREDOC_SPACE = frozenset("\t\r ")
 _BOM = "\ufeff"
 # What text/scanner yields for EOF when turned into a string (string(rune(-1)) in Go).
@@ -148,6 +151,13 @@ def _plain_pattern(escape: str) -> re.Pattern[str]:
     return re.compile("[" + re.escape("$'\"<" + escape) + "]")
 
 
+@lru_cache(maxsize=32)
+def _special_pattern(escape: str, quotes: bool, stop: str | None) -> re.Pattern[str]:
+    """Characters that end a run of ordinary text in a scan."""
+    special = "$<" + escape + ("'\"" if quotes else "") + (stop or "")
+    return re.compile("[" + re.escape(special) + "]")
+
+
 class _Words:
     """Field splitter state for one scan level (BuildKit's wordsStruct)."""
 
@@ -158,22 +168,24 @@ class _Words:
         self.words: list[str] = []
         self.in_word = False
 
-    def add_char(self, ch: str) -> None:
-        if ch in _GO_SPACE:
-            if self.in_word and _has_text(self.buf):
-                self.words.append("".join(self.buf))
-                self.buf.clear()
-                self.in_word = False
-        else:
-            self.add_raw(ch)
-
     def add_raw(self, text: str) -> None:
         self.buf.append(text)
         self.in_word = True
 
     def add_string(self, text: str) -> None:
-        for ch in text:
-            self.add_char(ch)
+        # BuildKit adds expanded text one character at a time: a whitespace character ends the
+        # current field if it has text, anything else is field text. Same rule, a run at a time.
+        if _GO_SPACE_RE.search(text) is None:
+            if text:
+                self.add_raw(text)
+            return
+        for index, part in enumerate(_GO_SPACE_RE.split(text)):
+            if index and self.in_word and _has_text(self.buf):
+                self.words.append("".join(self.buf))
+                self.buf.clear()
+                self.in_word = False
+            if part:
+                self.add_raw(part)
 
     def get_words(self) -> list[str]:
         if _has_text(self.buf):
@@ -249,6 +261,7 @@ class _Scanner:
         words = _Words(buf)
         quotes = not self.lexer.skip_process_quotes
         escape = self.escape
+        ordinary_end = _special_pattern(escape, quotes, stop)
         saved = self.raw_escapes
         self.raw_escapes = raw_escapes
         try:
@@ -273,20 +286,25 @@ class _Scanner:
                     text = self.double_quote()
                     result.append(text)
                     words.add_raw(text)
-                else:
+                elif ch == escape:
                     self.pos += 1
-                    if ch == escape:
-                        if raw_escapes:
-                            words.add_raw(ch)
-                            result.append(ch)
-                        ch = self.next()
-                        if ch == "":
-                            # An escape at the very end escapes nothing and is dropped.
-                            break
+                    if raw_escapes:
                         words.add_raw(ch)
-                    else:
-                        words.add_char(ch)
+                        result.append(ch)
+                    ch = self.next()
+                    if ch == "":
+                        # An escape at the very end escapes nothing and is dropped.
+                        break
+                    words.add_raw(ch)
                     result.append(ch)
+                else:
+                    # A run of ordinary characters, taken in one step.
+                    found = ordinary_end.search(self.src, self.pos)
+                    end = len(self.src) if found is None else found.start()
+                    run = self.src[self.pos : end]
+                    self.pos = end
+                    result.append(run)
+                    words.add_string(run)
             if stop is not None:
                 raise _LexError(f"unexpected end of statement while looking for matching {stop}")
             return "".join(result), words.get_words()

@@ -7,6 +7,7 @@ The data-driven tables are BuildKit's own (``frontend/dockerfile/shell/envVarTes
 
 from __future__ import annotations
 
+import re
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -511,6 +512,29 @@ def test_plain_words_are_unchanged(data: st.DataObject, escape: str) -> None:
     assert lexer.process_word_with_matches(word, {}) == ExpansionResult(
         word, frozenset(), frozenset()
     )
+
+
+# Go's unicode.IsSpace: these Latin-1 characters plus the Unicode White_Space property.
+GO_WHITESPACE = (
+    "\t\n\v\f\r \x85\xa0\u1680"
+    + "".join(map(chr, range(0x2000, 0x200B)))
+    + ("\u2028\u2029\u202f\u205f\u3000")
+)
+
+
+@given(
+    word=st.text(
+        alphabet=st.one_of(
+            st.sampled_from(GO_WHITESPACE + "\x1c"),
+            st.characters(exclude_characters="$'\"\\<\ufeff", codec="utf-8"),
+        )
+    )
+)
+def test_plain_text_splits_on_go_whitespace(word: str) -> None:
+    expected = [field for field in re.split("[" + re.escape(GO_WHITESPACE) + "]", word) if field]
+    assert Lexer().process_words(word, {}) == expected
+    # Whitespace coming from a variable splits the same way.
+    assert Lexer().process_words("$V", {"V": word}) == expected
 
 
 @given(word=st.text(alphabet=st.characters(exclude_characters="'", codec="utf-8")))
