@@ -1006,8 +1006,11 @@ def _parse_onbuild(node: Node, filename: str) -> OnbuildCommand:
         raise DockerfileError(f"{trigger_name} isn't allowed as an ONBUILD trigger")
     if inner is None:
         raise DockerfileError("ONBUILD requires at least one argument")
+    if node.heredocs and not inner.heredocs:
+        # The parser attaches an ONBUILD's heredocs to the ONBUILD node; the trigger owns them.
+        inner = dataclasses.replace(inner, heredocs=node.heredocs)
     expression = re.sub(r"(?i)^\s*ONBUILD\s*", "", node.original, count=1)
-    for heredoc in node.heredocs or inner.heredocs:
+    for heredoc in inner.heredocs:
         expression += "\n" + heredoc.content + heredoc.name
     trigger = _parse(inner, filename)
     return OnbuildCommand(node, expression, trigger)

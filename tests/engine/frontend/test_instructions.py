@@ -1,6 +1,8 @@
 from __future__ import annotations
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from engine.errors import DockerfileError
 from engine.frontend.instructions import (
@@ -645,3 +647,88 @@ def test_parse_duration_second_number_needs_its_own_unit() -> None:
     with pytest.raises(DockerfileError) as info:
         parse_duration("1.2.3s")
     assert info.value.message == 'time: missing unit in duration "1.2.3s"'
+
+
+# --- ported from BuildKit's instructions/parse_test.go --------------------------------------
+
+
+def _first_node_error(text: str) -> DockerfileError:
+    return _parse_error(parse(text).nodes[0])
+
+
+@pytest.mark.parametrize("instruction", ["MAINTAINER", "WORKDIR", "USER", "STOPSIGNAL"])
+def test_buildkit_exactly_one_argument(instruction: str) -> None:
+    assert _first_node_error(instruction).message == f"{instruction} requires exactly one argument"
+
+
+@pytest.mark.parametrize(
+    "instruction", ["ENV", "LABEL", "ONBUILD", "HEALTHCHECK", "EXPOSE", "VOLUME"]
+)
+def test_buildkit_at_least_one_argument(instruction: str) -> None:
+    assert _first_node_error(instruction).message == f"{instruction} requires at least one argument"
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("COPY\t\n\t\tquux \\\n      bar", "COPY requires at least two arguments"),
+        ("ONBUILD FROM scratch", "FROM isn't allowed as an ONBUILD trigger"),
+        ("MAINTAINER --boo joe@example.com", "unknown flag: --boo"),
+        (
+            "ONBUILD ONBUILD RUN touch foobar",
+            "Chaining ONBUILD via `ONBUILD ONBUILD` isn't allowed",
+        ),
+        ("FOO bar", "unknown instruction: FOO"),
+        ("foo bar", "unknown instruction: foo"),
+    ],
+)
+def test_buildkit_error_cases(text: str, message: str) -> None:
+    assert message in _first_node_error(text).message
+
+
+def test_buildkit_run_flags_used() -> None:
+    cmd = parse_instruction(parse("RUN --mount=type=tmpfs,target=/foo/ echo hello").nodes[0])
+    assert isinstance(cmd, RunCommand)
+    assert cmd.flags_used == {"mount"}
+
+
+def test_onbuild_heredoc_goes_to_trigger_and_expression() -> None:
+    cmd = one("ONBUILD RUN <<EOF\necho hi\nEOF")
+    assert isinstance(cmd, OnbuildCommand)
+    assert cmd.expression == "RUN <<EOF\necho hi\nEOF"
+    assert isinstance(cmd.trigger, RunCommand)
+    assert cmd.trigger.files == (ShellFile("EOF", "echo hi\n", False),)
+
+
+def test_onbuild_trigger_errors_are_located_at_onbuild() -> None:
+    err = fails_one("ONBUILD COPY --chmodd=1 a /b")
+    assert (err.message, err.suggestion, err.line) == ("unknown flag: --chmodd", "--chmod", 2)
+
+
+# --- robustness --------------------------------------------------------------------------------
+
+
+_words = st.sampled_from(
+    ["a", "/b", "AS", "x", "--link", "--from=s", "--chmod=7", "--mount=type=cache", "NONE", "CMD",
+     "ONBUILD", "FROM", "--interval=1s", "--retries=x", "<<EOF", "=", "k=v", ""]
+)  # fmt: skip
+
+
+@given(
+    st.sampled_from([*sorted({"add", "arg", "cmd", "copy", "entrypoint", "env", "expose", "from",
+                              "healthcheck", "label", "maintainer", "run", "shell", "stopsignal",
+                              "user", "volume", "workdir", "bogus"})]),
+    st.lists(_words, max_size=4),
+    st.lists(_words.filter(lambda w: w.startswith("--")), max_size=3),
+    st.booleans(),
+)  # fmt: skip
+def test_any_node_gives_a_command_or_a_dockerfile_error(
+    instruction: str, args: list[str], flags: list[str], json_form: bool
+) -> None:
+    n = Node(instruction, instruction.upper(), tuple(flags), tuple(args), json_form, (), 1, 1)
+    try:
+        cmd = parse_instruction(n)
+    except DockerfileError as err:
+        assert err.line == 1
+        return
+    assert cmd.node is n

@@ -1,6 +1,8 @@
 from __future__ import annotations
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from engine.errors import DockerfileError
 from engine.frontend.mounts import (
@@ -280,3 +282,32 @@ def test_mount_target_root_is_invalid() -> None:
 )
 def test_clean_path(path: str, clean: str) -> None:
     assert clean_path(path) == clean
+
+
+# --- robustness: bad input never escapes as a raw Python exception ------------------------
+
+
+_pieces = st.sampled_from(
+    ["type=", "cache", "secret", "ssh", "tmpfs", "bind", "target=", "/x", "id=", "mode=", "0", "9",
+     "uid=", "size=", "1k", "sharing=", "locked", "ro", "rw=", "true", "required", "env=", "from=",
+     "source=", ",", '"', "=", "$", "a"]
+)  # fmt: skip
+
+
+@given(st.lists(_pieces, max_size=12).map("".join))
+def test_parse_mount_only_raises_dockerfile_errors(spec: str) -> None:
+    try:
+        check_unexpanded(spec)
+        m = parse_mount(spec, ident)
+    except DockerfileError:
+        return
+    assert m.type in ("bind", "cache", "tmpfs", "secret", "ssh")
+
+
+@given(st.text(max_size=12))
+def test_parse_ram_bytes_only_raises_value_error(text: str) -> None:
+    try:
+        size = parse_ram_bytes(text)
+    except ValueError:
+        return
+    assert size >= 0
