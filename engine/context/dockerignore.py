@@ -244,7 +244,14 @@ class PatternMatcher:
 
     def matches(self, path: str) -> bool:
         """``MatchesOrParentMatches``: does ``path`` or one of its parents match, last line wins."""
-        path = go_clean(path)
+        return self.matches_raw(go_clean(path))
+
+    def matches_raw(self, path: str) -> bool:
+        """Like :meth:`matches` but without cleaning ``path`` first.
+
+        The content checksum matches include/exclude patterns against raw relative paths, where
+        the selected directory itself is the empty string, as BuildKit does.
+        """
         parent = _go_dir(path)
         parent_dirs = parent.split("/")
         matched = False

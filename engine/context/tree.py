@@ -1,0 +1,181 @@
+"""A read-only view of a build context directory, scoped to its root.
+
+Paths are slash-separated and relative to the root (``""`` is the root). The view applies the
+``.dockerignore`` rules (an ignored path simply does not exist) and resolves symlinks the way
+BuildKit's ``contenthash.getFollowLinks`` does: component by component, ``..`` stops at the root
+and an absolute link target restarts at the root. No path is ever opened through a symlink, so
+nothing outside the root is read.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from engine.context.dockerignore import IgnoreRules, go_clean
+from engine.errors import ContextError
+
+__all__ = ["MAX_SYMLINKS", "ContextTree", "Resolved"]
+
+# BuildKit's maxSymlinkLimit.
+MAX_SYMLINKS = 255
+
+
+@dataclass(frozen=True, slots=True)
+class Resolved:
+    """The outcome of resolving a path in the tree.
+
+    Attributes:
+        rel: the resolved, symlink-free (except possibly the last component) relative path.
+        st: its ``lstat`` result, or None when the path does not exist in the context.
+    """
+
+    rel: str
+    st: os.stat_result | None
+
+
+@dataclass(slots=True)
+class ContextTree:
+    """The build context below ``root``, minus ignored paths.
+
+    Attributes:
+        root: the context directory (made absolute).
+        ignore: the ``.dockerignore`` rules, or None.
+    """
+
+    root: Path
+    ignore: IgnoreRules | None = None
+    _lstat: dict[str, os.stat_result | None] = field(default_factory=dict, repr=False)
+    _children: dict[str, list[str]] = field(default_factory=dict, repr=False)
+    _disk_cache: dict[str, os.stat_result | None] = field(default_factory=dict, repr=False)
+
+    def __post_init__(self) -> None:
+        self.root = Path(os.path.abspath(self.root))
+        try:
+            st = os.stat(self.root)
+        except OSError as exc:
+            raise ContextError(f"cannot read build context {self.root}: {exc.strerror or exc}") from None
+        if not stat.S_ISDIR(st.st_mode):
+            raise ContextError(f"build context {self.root} is not a directory")
+
+    def real(self, rel: str) -> str:
+        """Filesystem path of a relative path (only meaningful for resolved paths)."""
+        return os.path.join(self.root, rel) if rel else str(self.root)
+
+    def lstat(self, rel: str) -> os.stat_result | None:
+        """``lstat`` of ``rel`` if it is in the context; None when missing or ignored.
+
+        ``rel`` must have no symlink in its parent components (as returned by :meth:`resolve`
+        or :meth:`children`).
+        """
+        if rel in self._lstat:
+            return self._lstat[rel]
+        result = self._disk(rel)
+        if result is not None and rel and not self._present(rel, result):
+            result = None
+        self._lstat[rel] = result
+        return result
+
+    def _disk(self, rel: str) -> os.stat_result | None:
+        # What is on disk, ignore rules aside; parents must be real directories (never symlinks).
+        if rel in self._disk_cache:
+            return self._disk_cache[rel]
+        result: os.stat_result | None
+        if rel == "":
+            result = os.lstat(self.root)
+        else:
+            pst = self._disk(rel.rpartition("/")[0])
+            if pst is None or not stat.S_ISDIR(pst.st_mode):
+                result = None
+            else:
+                try:
+                    result = os.lstat(self.real(rel))
+                except (FileNotFoundError, NotADirectoryError):
+                    result = None
+                except OSError as exc:
+                    raise ContextError(f"cannot stat {rel}: {exc.strerror or exc}") from None
+        self._disk_cache[rel] = result
+        return result
+
+    def _present(self, rel: str, st: os.stat_result) -> bool:
+        ignore = self.ignore
+        if ignore is None or not ignore.excluded(rel, stat.S_ISDIR(st.st_mode)):
+            return True
+        # An excluded directory is still sent when a "!" line re-includes something below it
+        # (fsutil walks into it and emits it as a parent of what it finds).
+        if stat.S_ISDIR(st.st_mode) and ignore.has_exclusions:
+            return bool(self._scan_children(rel))
+        return False
+
+    def children(self, rel: str) -> list[str]:
+        """Names of the entries of directory ``rel`` in the context, in byte order."""
+        st = self.lstat(rel)
+        if st is None or not stat.S_ISDIR(st.st_mode):
+            return []
+        return self._scan_children(rel)
+
+    def _scan_children(self, rel: str) -> list[str]:
+        cached = self._children.get(rel)
+        if cached is not None:
+            return cached
+        try:
+            with os.scandir(self.real(rel)) as it:
+                names = [e.name for e in it]
+        except OSError as exc:
+            raise ContextError(f"cannot read directory {rel or '.'}: {exc.strerror or exc}") from None
+        # BuildKit keys are byte strings: sort by the encoded name, not by code points.
+        names.sort(key=os.fsencode)
+        present: list[str] = []
+        for name in names:
+            child = f"{rel}/{name}" if rel else name
+            if self.lstat(child) is not None:
+                present.append(name)
+        self._children[rel] = present
+        return present
+
+    def readlink(self, rel: str) -> str:
+        """Target of the symlink ``rel`` (its text; never followed here)."""
+        try:
+            return os.readlink(self.real(rel))
+        except OSError as exc:
+            raise ContextError(f"cannot read symlink {rel}: {exc.strerror or exc}") from None
+
+    def resolve(self, path: str, follow_trailing: bool) -> Resolved:
+        """Resolve ``path`` inside the root, following symlinks in every component.
+
+        Args:
+            path: a slash path; leading ``/`` and ``..`` are relative to the context root.
+            follow_trailing: also follow a symlink in the final component.
+
+        Raises:
+            ContextError: more than :data:`MAX_SYMLINKS` links on the way.
+        """
+        current = ""
+        remaining = go_clean("/" + path).lstrip("/")
+        links = 0
+        while remaining:
+            part, _, remaining = remaining.partition("/")
+            if part in ("", "."):
+                continue
+            if part == "..":
+                # Lexical, clamped at the root: the current path holds no symlinks.
+                current = current.rpartition("/")[0]
+                continue
+            nxt = f"{current}/{part}" if current else part
+            st = self.lstat(nxt)
+            if st is None or not stat.S_ISLNK(st.st_mode):
+                current = nxt
+                continue
+            if not follow_trailing and not remaining.strip("/"):
+                current = nxt
+                break
+            links += 1
+            if links > MAX_SYMLINKS:
+                raise ContextError(f"{path}: too many links")
+            target = self.readlink(nxt)
+            remaining = f"{target}/{remaining}" if remaining else target
+            if target.startswith("/"):
+                current = ""
+        return Resolved(current, self.lstat(current))
