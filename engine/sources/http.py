@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from engine.errors import SourceError
+from engine.sources.git import is_git_url
 
 __all__ = [
     "DEFAULT_FILENAME",
@@ -77,10 +78,6 @@ def is_http_url(s: str) -> bool:
     """
     if not (s.startswith("http://") or s.startswith("https://")):
         return False
-    # Imported here: git imports nothing from http, but keeping the import local avoids a cycle
-    # should that change.
-    from engine.sources.git import is_git_url
-
     return not is_git_url(s)
 
 
@@ -350,7 +347,9 @@ def fetch(source: HttpSource, dest_dir: Path | str, *, timeout: float = 60.0) ->
         raise SourceError(f"download destination {dest} is not a directory")
     request = urllib.request.Request(source.url, method="GET")
     try:
-        response = urllib.request.urlopen(request, timeout=timeout)
+        # Built per call: the proxy handler reads *_proxy from the environment when created.
+        opener = urllib.request.build_opener(_HttpOnlyRedirects)
+        response = opener.open(request, timeout=timeout)
     except urllib.error.HTTPError as exc:
         raise SourceError(
             f"failed to download {source.url}: invalid response status {exc.code}"
@@ -405,6 +404,26 @@ def fetch(source: HttpSource, dest_dir: Path | str, *, timeout: float = 60.0) ->
                 tmp.unlink(missing_ok=True)
             raise
     return FetchedFile(path=final, digest=digest, filename=filename, last_modified=last_modified)
+
+
+class _HttpOnlyRedirects(urllib.request.HTTPRedirectHandler):
+    """Follow redirects to http(s) only, as Go's client does (urllib would also follow ftp)."""
+
+    def redirect_request(
+        self,
+        req: urllib.request.Request,
+        fp: Any,
+        code: int,
+        msg: str,
+        headers: Any,
+        newurl: str,
+    ) -> urllib.request.Request | None:
+        scheme = urllib.parse.urlsplit(newurl).scheme.lower()
+        if scheme not in ("http", "https"):
+            raise SourceError(
+                f"failed to download {req.full_url}: redirect to unsupported URL {newurl!r}"
+            )
+        return super().redirect_request(req, fp, code, msg, headers, newurl)
 
 
 def _parse_http_time(value: str | None) -> datetime | None:

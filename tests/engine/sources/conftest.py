@@ -42,7 +42,10 @@ class LoopbackServer:
 
 
 @pytest.fixture
-def http_server() -> Iterator[LoopbackServer]:
+def http_server(monkeypatch: pytest.MonkeyPatch) -> Iterator[LoopbackServer]:
+    # Loopback only: a proxy from the environment must not see these requests.
+    for var in ("http_proxy", "https_proxy", "HTTP_PROXY", "HTTPS_PROXY", "all_proxy", "ALL_PROXY"):
+        monkeypatch.delenv(var, raising=False)
     routes: dict[str, Route] = {}
 
     class Handler(BaseHTTPRequestHandler):

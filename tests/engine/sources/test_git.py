@@ -490,3 +490,22 @@ def test_checkout_refuses_nonempty_dest(local_repo: LocalRepo, tmp_path: Path) -
     (dest / "x").write_text("x")
     with pytest.raises(SourceError, match="not empty"):
         checkout(GitRef(remote=str(local_repo.path)), local_repo.head, dest, False)
+
+
+def test_sha256_repository(tmp_path: Path, run_git: GitRunner) -> None:
+    repo = tmp_path / "s256"
+    repo.mkdir()
+    run_git(repo, "-c", "init.defaultBranch=main", "init", "-q", "--object-format=sha256")
+    (repo / "f.txt").write_text("sha256 objects\n")
+    run_git(repo, "add", "-A")
+    run_git(repo, "commit", "-q", "-m", "one")
+    head = run_git(repo, "rev-parse", "HEAD")
+    assert len(head) == 64
+    assert is_full_commit(head)
+    gitref = GitRef(remote=str(repo), ref="main")
+    assert resolve(gitref) == head
+    assert cache_key(replace(gitref, ref=head), head, keep_git_dir=False) == head
+    dest = tmp_path / "out"
+    checkout(gitref, head, dest, keep_git_dir=True)
+    assert (dest / "f.txt").read_text() == "sha256 objects\n"
+    assert run_git(dest, "rev-parse", "HEAD") == head

@@ -310,3 +310,29 @@ def test_fetch_connection_refused(tmp_path: Path) -> None:
 def test_fetch_missing_dest(tmp_path: Path) -> None:
     with pytest.raises(SourceError, match="not a directory"):
         fetch(HttpSource.for_add("http://127.0.0.1:1/x"), tmp_path / "nope", timeout=5)
+
+
+def test_fetch_follows_http_redirect(http_server: LoopbackServer, tmp_path: Path) -> None:
+    target = http_server.serve("/real/file.txt", b"moved")
+    http_server.serve("/old", b"", status=302, headers={"Location": target})
+    got = fetch(HttpSource.for_add(http_server.url("/old")), tmp_path, timeout=10)
+    # ADD names the file after the URL it was given, not the redirect target.
+    assert got.filename == "old"
+    assert got.path.read_bytes() == b"moved"
+
+
+@pytest.mark.parametrize(
+    ("location", "message"),
+    [
+        ("ftp://127.0.0.1:1/x", "redirect to unsupported URL"),
+        # urllib refuses this one itself, before asking the handler
+        ("file:///etc/passwd", "invalid response status 302"),
+    ],
+)
+def test_fetch_refuses_redirect_off_http(
+    http_server: LoopbackServer, tmp_path: Path, location: str, message: str
+) -> None:
+    http_server.serve("/r", b"", status=302, headers={"Location": location})
+    with pytest.raises(SourceError, match=message):
+        fetch(HttpSource.for_add(http_server.url("/r")), tmp_path, timeout=10)
+    assert os.listdir(tmp_path) == []
