@@ -973,7 +973,7 @@ def parse_duration(text: str) -> int:
             raise invalid
         s = s[match.end() :]
         unit_end = 0
-        while unit_end < len(s) and s[unit_end] != "." and not s[unit_end].isdigit():
+        while unit_end < len(s) and s[unit_end] not in ".0123456789":
             unit_end += 1
         unit = s[:unit_end]
         s = s[unit_end:]

@@ -270,6 +270,9 @@ def parse_ram_bytes(value: str) -> int:
     if not re.fullmatch(r"[0-9]*\.?[0-9]*(?:[eE][+-]?[0-9]+)?", number) or number in ("", "."):
         raise ValueError(f"invalid size: '{value}'")
     size = float(number)
+    if size == float("inf"):
+        # Go's ParseFloat reports "value out of range" for 1e999.
+        raise ValueError(f"invalid size: '{value}'")
     if suffix == "":
         return int(size)
     lowered = suffix.lower()

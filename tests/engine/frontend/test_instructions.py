@@ -732,3 +732,10 @@ def test_any_node_gives_a_command_or_a_dockerfile_error(
         assert err.line == 1
         return
     assert cmd.node is n
+
+
+def test_parse_duration_non_ascii_unit() -> None:
+    # Go reads every non-digit, non-"." character as part of the unit.
+    with pytest.raises(DockerfileError) as info:
+        parse_duration("1\u0663s")
+    assert info.value.message == 'time: unknown unit "\u0663s" in duration "1\u0663s"'

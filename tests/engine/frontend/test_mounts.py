@@ -311,3 +311,8 @@ def test_parse_ram_bytes_only_raises_value_error(text: str) -> None:
     except ValueError:
         return
     assert size >= 0
+
+
+def test_parse_ram_bytes_out_of_range() -> None:
+    with pytest.raises(ValueError):
+        parse_ram_bytes("1e999")
