@@ -1,0 +1,89 @@
+"""Content checksums of local sources (the build context, named local contexts).
+
+One :class:`ContextHasher` serves a whole plan or build: each context directory is opened
+once (its ``.dockerignore`` read once, one stat-cache session for all its selectors), so a
+no-op rebuild re-reads no unchanged file.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from pathlib import Path
+
+from engine.context import checksum as _checksum
+from engine.context.dockerignore import load_ignore_rules
+from engine.context.statcache import StatCache, StatCacheSession
+from engine.context.tree import ContextTree
+from engine.digest import sha256_digest
+from engine.graph.ops import ContentSpec, LocalSource
+from engine.store.metadb import MetaDB, open_meta_db
+
+__all__ = ["ContextHasher"]
+
+
+class ContextHasher:
+    """Computes and memoises content checksums of local sources.
+
+    Args:
+        store_root: the store whose ``meta.db`` holds the stat cache; None for no persistence.
+        dockerfile_path: the Dockerfile, for ``<Dockerfile>.dockerignore`` precedence.
+    """
+
+    def __init__(self, store_root: Path | None = None, dockerfile_path: Path | None = None) -> None:
+        self._dockerfile_path = dockerfile_path
+        self._db: MetaDB | None = open_meta_db(store_root) if store_root is not None else None
+        self._cache = StatCache(self._db) if self._db is not None else None
+        self._stack = contextlib.ExitStack()
+        self._trees: dict[str, tuple[ContextTree, StatCacheSession | None]] = {}
+        self._memo: dict[tuple[str, ContentSpec], str] = {}
+
+    def _open(self, source: LocalSource) -> tuple[ContextTree, StatCacheSession | None]:
+        opened = self._trees.get(source.path)
+        if opened is None:
+            root = Path(source.path)
+            # Only the main context honours the Dockerfile's own .dockerignore.
+            dockerfile = self._dockerfile_path if source.name == "context" else None
+            tree = ContextTree(root, load_ignore_rules(root, dockerfile))
+            session = (
+                self._stack.enter_context(self._cache.session(tree.root)) if self._cache else None
+            )
+            opened = (tree, session)
+            self._trees[source.path] = opened
+        return opened
+
+    def checksum(self, source: LocalSource, spec: ContentSpec) -> str:
+        """The checksum of ``spec``'s selectors in ``source``.
+
+        Raises:
+            ContextError: a selected path is missing or unreadable.
+        """
+        memo_key = (source.path, spec)
+        found = self._memo.get(memo_key)
+        if found is not None:
+            return found
+        tree, session = self._open(source)
+        digests = [
+            _checksum._checksum(
+                tree,
+                sel.path,
+                sel.wildcard,
+                sel.follow_links,
+                sel.include,
+                sel.exclude,
+                True,  # a local context's owners are normalised to 0, as buildx does
+                session,
+            )
+            for sel in spec.selectors
+        ]
+        result = digests[0] if len(digests) == 1 else sha256_digest("\0".join(digests).encode())
+        self._memo[memo_key] = result
+        return result
+
+    def close(self) -> None:
+        """Write stat-cache updates and close the database."""
+        try:
+            self._stack.close()
+        finally:
+            if self._db is not None:
+                self._db.close()
+                self._db = None

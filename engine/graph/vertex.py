@@ -1,0 +1,70 @@
+"""Vertices and the build definition: the graph the frontend gives the solver."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+from engine.digest import sha256_of_json
+from engine.graph.image import ImageConfig
+from engine.graph.ops import Op
+
+__all__ = ["Definition", "Vertex", "VertexMeta"]
+
+
+@dataclass(frozen=True, slots=True)
+class VertexMeta:
+    """What a vertex means to a person: where it came from and how progress names it."""
+
+    name: str  # BuildKit's progress name, e.g. "[builder 2/4] WORKDIR /app"
+    stage: str  # stage name as shown ("builder", "stage-1", or "" for a single-stage build)
+    step: int | None  # k in "[stage k/n]", None for vertices that are not steps (sources)
+    total: int | None  # n in "[stage k/n]"
+    line: int | None  # 1-based Dockerfile line of the instruction
+    instruction: str  # the instruction as written (first line)
+    ignore_cache: bool = False  # --no-cache / --no-cache-filter applies
+
+
+@dataclass(frozen=True, slots=True)
+class Vertex:
+    """One node of the build graph: an op over its inputs' outputs."""
+
+    op: Op
+    inputs: tuple[str, ...]  # digests of input vertices, in the op's input order
+    meta: VertexMeta
+    digest: str = field(default="")
+
+    def __post_init__(self) -> None:
+        if not self.digest:
+            object.__setattr__(
+                self, "digest", op_digest(self.op, self.inputs, self.meta.ignore_cache)
+            )
+
+
+def op_digest(op: Op, inputs: tuple[str, ...], ignore_cache: bool = False) -> str:
+    """The op digest: the op's definition and its inputs' digests (BuildKit's vertex digest).
+
+    An ignore-cache vertex gets its own digest so it is never merged with a normal one
+    (BuildKit's ``-ignorecache`` suffix in the job's vertex map).
+    """
+    body: dict[str, Any] = {"op": op.definition(), "inputs": list(inputs)}
+    if ignore_cache:
+        body["ignore_cache"] = True
+    return sha256_of_json(body)
+
+
+@dataclass(frozen=True, slots=True)
+class Definition:
+    """The build graph of one target: vertices in dependency order, and the image config."""
+
+    vertices: tuple[Vertex, ...]  # topological order: inputs before consumers
+    target: str | None  # digest of the target's final vertex; None for an empty scratch stage
+    config: ImageConfig
+    target_stage: str
+
+    def __iter__(self) -> Iterator[Vertex]:
+        return iter(self.vertices)
+
+    def by_digest(self) -> dict[str, Vertex]:
+        return {v.digest: v for v in self.vertices}

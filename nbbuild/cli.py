@@ -1,0 +1,131 @@
+"""The ``nbbuild`` command line.
+
+Imports of the engine happen inside the sub-commands so ``nbbuild --help`` stays fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+__all__ = ["main"]
+
+
+def _key_value(text: str) -> tuple[str, str]:
+    key, sep, value = text.partition("=")
+    if not key:
+        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
+    if not sep:
+        # buildx: --build-arg KEY takes the value from the environment (skipped when unset).
+        import os
+
+        if key not in os.environ:
+            raise argparse.ArgumentTypeError(f"{key} is not set in the environment")
+        return key, os.environ[key]
+    return key, value
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="nbbuild",
+        description="Build Dockerfiles in-process with BuildKit's caching model.",
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub.required = True
+
+    p = sub.add_parser(
+        "plan",
+        help="show the build graph and every step's cache key, without building",
+        description="Parse and plan a build: the graph of steps and each step's cache key.",
+    )
+    p.add_argument("context", metavar="CONTEXT", help="build context directory")
+    p.add_argument(
+        "-f", "--file", default=None, help="Dockerfile (default CONTEXT/Dockerfile; - for stdin)"
+    )
+    p.add_argument("--target", default="", help="stage to build (default: the last)")
+    p.add_argument("--build-arg", action="append", default=[], type=_key_value, metavar="K=V")
+    p.add_argument(
+        "--build-context", action="append", default=[], type=_key_value, metavar="NAME=VALUE"
+    )
+    p.add_argument("--label", action="append", default=[], type=_key_value, metavar="K=V")
+    p.add_argument("--no-cache", action="store_true", help="mark every step to skip the cache")
+    p.add_argument(
+        "--no-cache-filter",
+        action="append",
+        default=[],
+        metavar="STAGE",
+        help="mark these stages to skip the cache (repeatable or comma-separated)",
+    )
+    p.add_argument("--format", choices=("text", "json"), default="text")
+    p.add_argument(
+        "--root", default=None, help="store directory (default $NBBUILD_ROOT or ~/.cache/nbbuild)"
+    )
+    p.set_defaults(run=_cmd_plan)
+    return parser
+
+
+def _read_dockerfile(file: str | None, context: Path) -> tuple[str, str, Path | None]:
+    from engine.errors import UsageError
+
+    if file == "-":
+        return sys.stdin.read(), "Dockerfile", None
+    path = Path(file) if file else context / "Dockerfile"
+    try:
+        return path.read_text(encoding="utf-8"), path.name, path
+    except FileNotFoundError:
+        raise UsageError(f"cannot read Dockerfile {str(path)!r}: no such file") from None
+    except OSError as exc:
+        raise UsageError(f"cannot read Dockerfile {str(path)!r}: {exc.strerror}") from None
+
+
+def _cmd_plan(args: argparse.Namespace) -> int:
+    from engine.plan import PlanRequest, default_store_root, plan
+    from nbbuild.render import plan_text
+
+    context = Path(args.context)
+    text, name, path = _read_dockerfile(args.file, context)
+    filters: list[str] = []
+    for item in args.no_cache_filter:
+        filters.extend(s for s in item.split(",") if s)
+    request = PlanRequest(
+        dockerfile=text,
+        context=context,
+        dockerfile_name=name,
+        dockerfile_path=path,
+        target=args.target,
+        build_args=dict(args.build_arg),
+        build_contexts=dict(args.build_context),
+        no_cache=args.no_cache,
+        no_cache_filter=tuple(filters),
+        labels=dict(args.label),
+    )
+    result = plan(request, store_root=default_store_root(args.root))
+    if args.format == "json":
+        json.dump(result.to_json(), sys.stdout, indent=2, sort_keys=True)
+        sys.stdout.write("\n")
+    else:
+        sys.stdout.write(plan_text(result))
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the CLI; returns the process exit code."""
+    args = _parser().parse_args(argv)
+    from engine.errors import NbbuildError
+
+    try:
+        code: int = args.run(args)
+        return code
+    except NbbuildError as exc:
+        sys.stderr.write(f"error: {exc}\n")
+        return 1
+    except KeyboardInterrupt:
+        sys.stderr.write("interrupted\n")
+        return 130
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())
