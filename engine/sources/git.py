@@ -56,6 +56,7 @@ _SCP = re.compile(r"^([a-zA-Z0-9_-]+)@([a-zA-Z0-9.-]+):(.*?)(?:\?(.*?))?(?:#(.*)
 _HEX = re.compile(r"^[a-fA-F0-9]+$")
 _LOWER_HEX = re.compile(r"^[a-f0-9]+$")
 _DEFAULT_BRANCH = re.compile(r"refs/heads/(\S+)")
+_URL_PASSWORD = re.compile(r"://([^/:@\s]+):([^@/\s]+)@")
 _FLAG_KEYS = frozenset({"submodules", "keep-git-dir", "fetch-by-commit"})
 
 
@@ -505,6 +506,8 @@ def _run(
         raise SourceError(f"{what}: git timed out after {timeout}s") from None
     if proc.returncode != 0:
         detail = proc.stderr.strip() or proc.stdout.strip()
+        # git may echo the remote URL: never let a password from it reach an error message.
+        detail = _URL_PASSWORD.sub(r"://\1:xxxxx@", detail)
         raise SourceError(f"{what}: {detail}")
     return proc.stdout
 
@@ -720,7 +723,25 @@ def checkout(
     dest.mkdir(parents=True, exist_ok=True)
     if any(dest.iterdir()):
         raise SourceError(f"checkout destination {dest} is not empty")
-    keep = keep_git_dir and not gitref.subdir
+    try:
+        _checkout_into(gitref, commit, dest, keep_git_dir and not gitref.subdir, git, timeout)
+    except BaseException:
+        # The destination was empty: leave it so, rather than half a checkout.
+        _empty_dir(dest)
+        raise
+
+
+def _empty_dir(path: Path) -> None:
+    for entry in path.iterdir():
+        if entry.is_dir() and not entry.is_symlink():
+            shutil.rmtree(entry, ignore_errors=True)
+        else:
+            entry.unlink(missing_ok=True)
+
+
+def _checkout_into(
+    gitref: GitRef, commit: str, dest: Path, keep: bool, git: str, timeout: float | None
+) -> None:
     init = ["-c", "init.defaultBranch=master", "init", "-q"]
     if len(commit) == 64:
         init.append("--object-format=sha256")

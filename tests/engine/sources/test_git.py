@@ -480,8 +480,11 @@ def test_checkout_verifies_checksum_and_commit(local_repo: LocalRepo, tmp_path: 
         checkout(gitref, local_repo.head, tmp_path / "a", keep_git_dir=False)
     with pytest.raises(SourceError, match="invalid commit sha"):
         checkout(GitRef(remote=str(local_repo.path)), "main", tmp_path / "b", False)
-    with pytest.raises(SourceError):
-        checkout(GitRef(remote=str(local_repo.path)), "f" * 40, tmp_path / "c", False)
+    for keep in (False, True):
+        dest = tmp_path / f"c{keep}"
+        with pytest.raises(SourceError, match="failed to fetch remote"):
+            checkout(GitRef(remote=str(local_repo.path)), "f" * 40, dest, keep)
+        assert os.listdir(dest) == []  # no half checkout left behind
 
 
 def test_checkout_refuses_nonempty_dest(local_repo: LocalRepo, tmp_path: Path) -> None:
@@ -509,3 +512,14 @@ def test_sha256_repository(tmp_path: Path, run_git: GitRunner) -> None:
     checkout(gitref, head, dest, keep_git_dir=True)
     assert (dest / "f.txt").read_text() == "sha256 objects\n"
     assert run_git(dest, "rev-parse", "HEAD") == head
+
+
+def test_errors_never_show_url_password(tmp_path: Path) -> None:
+    remote = "https://user:s3cr3t@127.0.0.1:1/org/repo.git"
+    with pytest.raises(SourceError) as info:
+        resolve(GitRef(remote=remote, ref="main"))
+    assert "s3cr3t" not in str(info.value)
+    assert "127.0.0.1" in str(info.value)
+    with pytest.raises(SourceError) as info:
+        checkout(GitRef(remote=remote, ref="main"), C1, tmp_path / "out", keep_git_dir=True)
+    assert "s3cr3t" not in str(info.value)
