@@ -218,17 +218,12 @@ class HttpSource:
         }
 
     def cache_map(self, content_digest: str | None = None) -> CacheMap:
-        return CacheMap(
-            preimage={
-                "type": "buildkit.source.http",
-                "filename": self.filename,
-                "perm": self.perm,
-                "uid": self.uid,
-                "gid": self.gid,
-                "checksum": content_digest or self.checksum,
-            },
-            deps=(),
-        )
+        from engine.sources import http as httpsrc
+
+        digest = content_digest or self.checksum
+        source = httpsrc.HttpSource.for_add(self.url, checksum=self.checksum)
+        fields = httpsrc.key_preimage(source, digest or "", filename=self.filename)
+        return CacheMap(preimage={"type": "buildkit.source.http", **fields}, deps=())
 
 
 @dataclass(frozen=True, slots=True)
@@ -252,13 +247,15 @@ class GitSource:
         }
 
     def cache_map(self, commit: str | None = None) -> CacheMap:
+        from engine.sources import git as gitsrc
+
         sha = commit or self.commit
-        key = sha or ""
-        if self.keep_git_dir:
-            key += ".git#" + self.ref
-        if self.subdir:
-            key += ":" + self.subdir
-        return CacheMap(preimage={"type": "buildkit.source.git", "key": key}, deps=())
+        if sha is None:
+            # Unresolved (a branch or tag): the key is known only after ls-remote.
+            return CacheMap(preimage={"type": "buildkit.source.git", "key": None}, deps=())
+        gitref = gitsrc.GitRef(remote=self.remote, ref=self.ref or None, subdir=self.subdir)
+        fields = gitsrc.key_preimage(gitref, sha, self.keep_git_dir, self.checksum)
+        return CacheMap(preimage={"type": "buildkit.source.git", **fields}, deps=())
 
 
 # --------------------------------------------------------------------------- exec
