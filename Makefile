@@ -34,5 +34,9 @@ test: setup
 	$(BIN)/mypy
 	$(BIN)/pytest -q
 
+# Until execution lands, the demo shows the cache-key half: plan, edit, re-plan.
+demo: setup
+	$(BIN)/python scripts/demo.py
+
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .mypy_cache .ruff_cache
