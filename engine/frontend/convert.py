@@ -46,6 +46,8 @@ from engine.sources import http as httpsrc
 __all__ = ["BuildOptions", "ImageResolver", "ResolvedImage", "convert", "host_platform"]
 
 SCRATCH = "scratch"
+# ARGs BuildKit never puts into the RUN environment (its nonEnvArgs).
+_NON_ENV_ARGS = frozenset({"BUILDKIT_SBOM_SCAN_CONTEXT", "BUILDKIT_SBOM_SCAN_STAGE"})
 HISTORY_COMMENT = "buildkit.dockerfile.v0"
 
 
@@ -119,6 +121,12 @@ class _Stage:
     chain_id: str | None = None  # of the base image, when resolved
     resolved: bool = False  # the base image was found
     cmd_set: bool = False  # CMD was set in this stage (ENTRYPOINT then keeps it)
+    # Built (directly or through its base stages) on an image that could not be resolved:
+    # the base's ENV is unknown, so references to unset variables are kept as written
+    # instead of expanding to "" (which would turn `WORKDIR $HOME` into an error).
+    provisional: bool = False
+    trigger_count: int = 0  # ONBUILD triggers prepended (BuildKit counts each as a step)
+    from_named_context: bool = False  # the stage itself is replaced by a named context
 
     def env_map(self) -> dict[str, str]:
         return dict(self.env)
@@ -188,7 +196,8 @@ class _Converter:
         meta_args, stages = parse_stages(self.df)
         if not stages:
             raise self.error("dockerfile contains no stages to build", None)
-        target_name = self.opts.target or stages[-1].name
+        # BuildKit: TARGETSTAGE is "default" when the last stage has no name.
+        target_name = self.opts.target or stages[-1].name or "default"
         global_args = self._default_args(target_name)
         global_args = self._meta_args(meta_args, global_args)
         self.global_args = global_args
@@ -223,6 +232,10 @@ class _Converter:
             "TARGETVARIANT": p.variant,
             "TARGETSTAGE": target,
         }
+        # Build args override the predefined values (BuildKit's defaultArgs overrides).
+        for key in args:
+            if key in self.opts.build_args:
+                args[key] = self.opts.build_args[key]
         return args
 
     def _meta_args(
@@ -276,6 +289,7 @@ class _Converter:
         )
         if stage.name and stage.name in self.opts.build_contexts:
             st.named_context = self.opts.build_contexts[stage.name]
+            st.from_named_context = True
         if stage.name in self.by_name and stage.name:
             raise self.error(f"duplicate stage name {stage.name!r}", line, text)
         self.states.append(st)
@@ -441,6 +455,8 @@ class _Converter:
             image = self._resolve_base_image(st)
             if image is not None:
                 triggers.extend(image.config.onbuild)
+                # The triggers fire here and are not inherited by this stage's image.
+                st.config = replace(st.config, onbuild=())
         elif st.named_context is not None:
             self._resolve_named_context(st)
         if not triggers:
@@ -452,6 +468,10 @@ class _Converter:
                 trigger_df = parse(expr + "\n", filename=self.filename)
             except DockerfileError as err:
                 raise self.located(err, st.from_line, st.from_text) from None
+            if len(trigger_df.nodes) != 1:
+                raise self.error(
+                    "onbuild trigger should be a single expression", st.from_line, st.from_text
+                )
             for node in trigger_df.nodes:
                 try:
                     cmd = parse_instruction(node, self.filename)
@@ -468,6 +488,7 @@ class _Converter:
         shifted = {i + len(parsed): v for i, v in st.sources.items()}
         st.commands = parsed + st.commands
         st.onbuild_flags = [True] * len(parsed) + st.onbuild_flags
+        st.trigger_count += len(parsed)
         st.sources = shifted
         for i, cmd in enumerate(parsed):
             srcs = self._sources_of(cmd)
@@ -492,6 +513,7 @@ class _Converter:
         else:
             st.chain_id = None
             st.resolved = False
+            st.provisional = True
         return resolved
 
     def _resolve_named_context(self, st: _Stage) -> None:
@@ -532,6 +554,7 @@ class _Converter:
             st.config = replace(base.config, onbuild=())
             st.build_args = list(base.build_args)
             st.image_ref = None
+            st.provisional = base.provisional
             return
         if st.named_context is not None and not st.named_context.startswith("docker-image://"):
             path = st.named_context.removeprefix("file://")
@@ -567,15 +590,19 @@ class _Converter:
         )
 
     def _count_steps(self, st: _Stage) -> None:
-        total = (
-            1 if (st.base is None and st.base_name != SCRATCH and st.named_context is None) else 0
-        )
-        for cmd in st.commands:
+        # BuildKit (buildDispatchStates): a stage replaced by a named context, and a state made
+        # for `COPY --from=<image>`, have no total, so their vertices carry no "[k/n]" prefix.
+        if st.from_named_context or st.unregistered:
+            st.cmd_total = 0
+            return
+        total = 1 if (st.base is None and st.base_name != SCRATCH) else 0
+        for cmd in st.commands[st.trigger_count :]:
             if isinstance(
                 cmd, ins.AddCommand | ins.CopyCommand | ins.RunCommand | ins.WorkdirCommand
             ):
                 total += 1
-        st.cmd_total = total
+        # initOnBuildTriggers adds every trigger, whatever its instruction.
+        st.cmd_total = total + st.trigger_count
 
     def _dispatch_stage(self, st: _Stage) -> None:
         self._count_steps(st)
@@ -599,15 +626,20 @@ class _Converter:
             except DockerfileError as err:
                 raise self.located(err, cmd.line, cmd.source_code) from None
 
+    def _lexer(self, st: _Stage, base: Lexer | None = None) -> Lexer:
+        lex = base or self.lex
+        return replace(lex, skip_unset_env=True) if st.provisional else lex
+
     def _expander(self, st: _Stage) -> Callable[[str], str]:
         env = st.env_map()
-        return lambda word: self.lex.process_word(word, env)
+        lex = self._lexer(st)
+        return lambda word: lex.process_word(word, env)
 
     def _dispatch(self, st: _Stage, cmd: ins.Command, sources: list[_Stage], onbuild: bool) -> None:
         if not isinstance(cmd, ins.ArgCommand):
             cmd = cmd.expand(self._expander(st))
         if isinstance(cmd, ins.CopyCommand | ins.AddCommand):
-            raw = Lexer(escape="\\", skip_process_quotes=True)
+            raw = self._lexer(st, Lexer(escape="\\", skip_process_quotes=True))
             env = st.env_map()
             cmd = cmd.expand_raw(lambda w: raw.process_word(w, env))
         st_onbuild = onbuild
@@ -624,7 +656,7 @@ class _Converter:
             parts = []
             for kv in cmd.labels:
                 st.config = st.config.with_label(kv.key, kv.value)
-                parts.append(f'"{kv.key}"="{kv.value}"')
+                parts.append(f"{kv.key}={kv.value}")
             self._history(st, "LABEL " + " ".join(parts), False)
         elif isinstance(cmd, ins.MaintainerCommand):
             self._history(st, f"MAINTAINER {cmd.maintainer}", False)
@@ -668,11 +700,11 @@ class _Converter:
             env = st.env_map()
             ports: list[str] = []
             for p in cmd.ports:
-                for word in self.lex.process_words(p, env):
+                for word in self._lexer(st).process_words(p, env):
                     ports.extend(_expand_ports(word))
             merged = tuple(sorted(set(st.config.exposed_ports) | set(ports)))
             st.config = replace(st.config, exposed_ports=merged)
-            self._history(st, f"EXPOSE map[{' '.join(p + ':{}' for p in sorted(ports))}]", False)
+            self._history(st, f"EXPOSE [{' '.join(ports)}]", False)
         elif isinstance(cmd, ins.VolumeCommand):
             for v in cmd.volumes:
                 if v == "":
@@ -698,13 +730,13 @@ class _Converter:
             if arg.key in self.opts.build_args:
                 value = self.opts.build_args[arg.key]
             elif arg.default is not None:
-                value = self.lex.process_word(arg.default, st.env_map())
+                value = self._lexer(st).process_word(arg.default, st.env_map())
             elif arg.key in self.global_args:
                 value = self.global_args[arg.key]
             else:
                 value = None
             self.declared_args.add(arg.key)
-            if value is not None:
+            if value is not None and arg.key not in _NON_ENV_ARGS:
                 st.add_env(arg.key, value)
             st.build_args.append((arg.key, value))
             parts.append(arg.key if value is None else f"{arg.key}={value}")
@@ -763,11 +795,15 @@ class _Converter:
                 dest_input=0 if st.state else -1,
             )
             st.state = self.graph.add(
-                op, (st.state,) if st.state else (), self._meta(st, cmd, name)
+                op,
+                (st.state,) if st.state else (),
+                replace(
+                    self._meta(st, cmd, name), ignore_cache=False
+                ),  # BuildKit: no IgnoreCache on WORKDIR
             )
             layer = True
-        else:
-            self._prefix(st, "")  # BuildKit counts WORKDIR / as a step even without an op
+        # WORKDIR / counts in the stage's total but makes no op, so BuildKit never calls
+        # prefixCommand for it: its number is skipped and the stage ends short of n/n.
         self._history(st, f"WORKDIR {wd}", layer)
 
     def _dispatch_run(
@@ -802,6 +838,7 @@ class _Converter:
                     args = ["/dev/pipes/" + first.name]
                 else:
                     args = [data]
+                display += f" ({_summarize_heredoc(first.data)})"
             else:
                 text = args[0]
                 for f in cmd.files:
@@ -941,7 +978,7 @@ class _Converter:
             platform=st.platform,
         )
         st.state = self.graph.add(op, tuple(inputs), self._meta(st, cmd, name))
-        self._history(st, "RUN " + _run_command_string(args, st), True)
+        self._history(st, "RUN " + _run_command_string(args, st) + " # buildkit", True)
 
     def _local_vertex(self, name: str, path: str) -> str:
         key = f"{name}\0{path}"
@@ -1003,7 +1040,7 @@ class _Converter:
                 f'it needs to be defined before current stage "{st.name}"'
             )
         for src in cmd.sources:
-            git_ref = gitsrc.parse_git_ref(src) if not from_stage else None
+            git_ref = gitsrc.parse_git_ref(src)
             if git_ref is not None:
                 if not is_add:
                     raise DockerfileError("source can't be a git ref for COPY")
@@ -1043,7 +1080,7 @@ class _Converter:
                         exclude=cmd.excludes,
                     )
                 )
-            elif httpsrc.is_http_url(src) and not from_stage:
+            elif httpsrc.is_http_url(src):
                 if not is_add:
                     raise DockerfileError("source can't be a URL for COPY")
                 if checksum:
@@ -1297,10 +1334,10 @@ def _path_relative_to_workdir(cwd: str, dest: str) -> str:
 
 
 def _parse_chown(value: str) -> ChownSpec:
+    # llb.WithUser: no validation at conversion (a bad name fails when the copy runs), and
+    # "root" is uid 0 without a user-database lookup.
     user, _, group = value.partition(":")
-    if not user:
-        raise DockerfileError(f"invalid chown value {value!r}: user is required")
-    return ChownSpec(user=user, group=group)
+    return ChownSpec(user="0" if user == "root" else user, group="0" if group == "root" else group)
 
 
 def _check_chmod(value: str) -> str:
@@ -1395,6 +1432,11 @@ def _run_command_string(args: list[str], st: _Stage) -> str:
 
 def _special_target(m: ins_mounts.Mount, target: str, ssh_index: int) -> str:
     return target
+
+
+def _summarize_heredoc(doc: str) -> str:
+    lines = doc.strip().replace("\r\n", "\n").split("\n")
+    return lines[0] + ("..." if len(lines) > 1 else "")
 
 
 def _is_heredoc_word(word: str) -> bool:
