@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from engine.cache.keys import VertexKey, compute_keys
+from engine.cache.preimages import record_preimages
 from engine.context.source import ContextHasher
 from engine.errors import UsageError
 from engine.frontend.convert import BuildOptions, ImageResolver, convert
@@ -130,6 +131,8 @@ def plan(
             return None  # another step's result: known only once it exists
 
         keys = compute_keys(definition, resolve_content)
+        if hasher.db is not None:
+            record_preimages(hasher.db, keys.values())
     finally:
         hasher.close()
     return Plan(request=request, definition=definition, keys=keys)

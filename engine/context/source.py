@@ -51,6 +51,11 @@ class ContextHasher:
             self._trees[source.path] = opened
         return opened
 
+    @property
+    def db(self) -> MetaDB | None:
+        """The open metadata database, if this hasher has a store."""
+        return self._db
+
     def checksum(self, source: LocalSource, spec: ContentSpec) -> str:
         """The checksum of ``spec``'s selectors in ``source``.
 

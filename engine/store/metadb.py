@@ -47,8 +47,24 @@ def _m001_stat_cache(conn: sqlite3.Connection) -> None:
     )
 
 
+def _m002_preimages(conn: sqlite3.Connection) -> None:
+    # Every cache key's preimage (type + fields), so "why did this re-run?" can diff two keys
+    # field by field long after the build that made them.
+    conn.execute(
+        """
+        CREATE TABLE preimages (
+            key         TEXT PRIMARY KEY,
+            type        TEXT NOT NULL,
+            preimage    TEXT NOT NULL,
+            recorded_ns INTEGER NOT NULL
+        ) WITHOUT ROWID
+        """
+    )
+
+
 MIGRATIONS: list[Migration] = [
     _m001_stat_cache,
+    _m002_preimages,
 ]
 
 

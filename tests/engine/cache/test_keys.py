@@ -6,6 +6,7 @@ plans of the same build. Vertices are identified by their step name (``[stage k/
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Mapping
 from pathlib import Path
@@ -298,3 +299,24 @@ def test_add_git_key_known_only_with_full_commit(ctx: Path, tmp_path: Path) -> N
     b = do_plan(ctx, "FROM busybox\nADD https://example.invalid/r.git#main /src\n", tmp_path / "s")
     assert all(k is not None for k in keys(a).values())
     assert keys(b)["[2/2]"] is None
+
+
+def test_every_known_key_preimage_is_stored(ctx: Path, tmp_path: Path) -> None:
+    from engine.cache.preimages import load_preimage
+    from engine.store.metadb import open_meta_db
+
+    p = do_plan(ctx, DEPFIRST, tmp_path / "store")
+    with open_meta_db(tmp_path / "store") as db:
+        for v in p.definition.vertices:
+            key = p.keys[v.digest]
+            if key.cache_key is None:
+                continue
+            stored = load_preimage(db, key.cache_key)
+            assert stored is not None, v.meta.name
+            assert stored == json.loads(json.dumps(key.preimage))
+            assert stored["op"]["type"] in (
+                "buildkit.source.v0",
+                "buildkit.exec.v0",
+                "buildkit.file.v0",
+                "buildkit.merge.v0",
+            )
