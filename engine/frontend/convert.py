@@ -218,13 +218,15 @@ class _Converter:
     # -- args --------------------------------------------------------------------------
 
     def _default_args(self, target: str) -> dict[str, str]:
+        # BUILD* describe the machine running the build; TARGET* the requested platform.
+        b = host_platform()
         p = self.platform
         args = {
-            "BUILDPLATFORM": f"{p.os}/{p.architecture}" + (f"/{p.variant}" if p.variant else ""),
-            "BUILDOS": p.os,
+            "BUILDPLATFORM": str(b),
+            "BUILDOS": b.os,
             "BUILDOSVERSION": "",
-            "BUILDARCH": p.architecture,
-            "BUILDVARIANT": p.variant,
+            "BUILDARCH": b.architecture,
+            "BUILDVARIANT": b.variant,
             "TARGETPLATFORM": str(p),
             "TARGETOS": p.os,
             "TARGETOSVERSION": "",
@@ -312,7 +314,7 @@ class _Converter:
         if found is None:
             names = [s.stage.name for s in self.states if s.stage and s.stage.name]
             raise self.error(
-                f"target stage {self.opts.target!r} could not be found",
+                f'target stage "{self.opts.target}" could not be found',
                 None,
                 suggestion=_quote(did_you_mean(self.opts.target, names)),
             )
@@ -393,10 +395,11 @@ class _Converter:
                 pass
             for i, cmd in enumerate(st.commands):
                 st.sources[i] = self._sources_of(cmd)
+        # Cycles are checked before a lone stage loses its name, so the error can name it.
+        self._check_cycles()
         registered = [s for s in self.states if not s.unregistered]
         if len(self.states) == 1 and registered:
             registered[0].name = ""
-        self._check_cycles()
 
     def _deps_of(self, st: _Stage) -> list[_Stage]:
         deps: list[_Stage] = []
@@ -407,22 +410,36 @@ class _Converter:
         return deps
 
     def _check_cycles(self) -> None:
-        visiting: set[int] = set()
-        done: set[int] = set()
+        # BuildKit's validateCircularDependency: only command sources (COPY --from, RUN
+        # --mount from=) are edges (FROM links earlier stages only); the error names the stage
+        # the walk started from and points at the first command on the cycle.
+        visited: set[int] = set()
+        path: set[int] = set()
 
-        def visit(st: _Stage) -> None:
-            if st.index in done:
-                return
-            if st.index in visiting:
-                raise self.error(f"circular dependency detected on stage: {st.name}", st.from_line)
-            visiting.add(st.index)
-            for dep in self._deps_of(st):
-                visit(dep)
-            visiting.discard(st.index)
-            done.add(st.index)
+        def visit(st: _Stage, lines: list[ins.Command]) -> list[ins.Command] | None:
+            if st.index in visited:
+                return None
+            visited.add(st.index)
+            path.add(st.index)
+            for i, srcs in sorted(st.sources.items()):
+                for dep in srcs:
+                    chain = [*lines, st.commands[i]]
+                    if dep.index in path:
+                        return chain
+                    found = visit(dep, chain)
+                    if found is not None:
+                        return found
+            path.discard(st.index)
+            return None
 
         for st in self.states:
-            visit(st)
+            cycle = visit(st, [])
+            if cycle is not None:
+                raise self.error(
+                    f"circular dependency detected on stage: {st.name}",
+                    cycle[0].line,
+                    cycle[0].source_code,
+                )
 
     def _reachable(self, target: _Stage) -> list[_Stage]:
         while True:
@@ -538,7 +555,9 @@ class _Converter:
     # -- dispatch ----------------------------------------------------------------------
 
     def _dispatch_all(self, reachable: list[_Stage]) -> None:
-        for st in reachable:
+        # States made for `COPY --from=<image>` depend on nothing and are ready before any
+        # stage runs (BuildKit marks them dispatched when it resolves their image).
+        for st in sorted(reachable, key=lambda s: (not s.unregistered, s.index)):
             if st.dispatched:
                 continue
             self._dispatch_stage(st)
@@ -695,7 +714,14 @@ class _Converter:
                     retries=h.retries,
                 ),
             )
-            self._history(st, "HEALTHCHECK " + " ".join(h.test), False)
+            # Go's "%+v" of the HealthcheckConfig struct (durations as time.Duration prints them).
+            self._history(
+                st,
+                f"HEALTHCHECK {{Test:[{' '.join(h.test)}] Interval:{_go_duration(h.interval)} "
+                f"Timeout:{_go_duration(h.timeout)} StartPeriod:{_go_duration(h.start_period)} "
+                f"StartInterval:{_go_duration(h.start_interval)} Retries:{h.retries}}}",
+                False,
+            )
         elif isinstance(cmd, ins.ExposeCommand):
             env = st.env_map()
             ports: list[str] = []
@@ -1411,6 +1437,34 @@ def _expand_ports(word: str) -> list[str]:
     if not port.isdigit():
         raise DockerfileError(f"invalid containerPort: {port}")
     return [f"{port}/{proto}"]
+
+
+def _go_duration(ns: int) -> str:
+    """Go's ``time.Duration.String()``."""
+    if ns == 0:
+        return "0s"
+    sign, u = ("-", -ns) if ns < 0 else ("", ns)
+
+    def frac(value: int, scale: int) -> str:
+        whole, rem = divmod(value, scale)
+        if not rem:
+            return str(whole)
+        digits = str(rem).rjust(len(str(scale)) - 1, "0").rstrip("0")
+        return f"{whole}.{digits}"
+
+    if u < 1_000:
+        return f"{sign}{u}ns"
+    if u < 1_000_000:
+        return f"{sign}{frac(u, 1_000)}µs"
+    if u < 1_000_000_000:
+        return f"{sign}{frac(u, 1_000_000)}ms"
+    out = frac(u % 60_000_000_000, 1_000_000_000) + "s"
+    minutes = u // 60_000_000_000
+    if minutes:
+        out = f"{minutes % 60}m{out}"
+        if minutes >= 60:
+            out = f"{minutes // 60}h{out}"
+    return sign + out
 
 
 def _go_list(args: tuple[str, ...] | list[str]) -> str:
