@@ -639,6 +639,10 @@ class _Converter:
                 st.cwd = _normalize_workdir("/", st.config.working_dir)
             if st.config.user:
                 st.user = st.config.user
+        if st.from_named_context:
+            # A named context replaces the whole stage: its instructions never run
+            # (BuildKit marks the state dispatched when it loads the context).
+            return
         for i, cmd in enumerate(st.commands):
             try:
                 self._dispatch(st, cmd, st.sources.get(i, []), st.onbuild_flags[i])

@@ -882,3 +882,25 @@ def test_resolved_base_expands_its_env() -> None:
     assert action.dest == "/home/jovyan/b"
     (src,) = by_type(d, ImageSource)
     assert isinstance(src.op, ImageSource) and src.op.chain_id == "sha256:" + "c" * 64
+
+
+# ----------------------------------------------------------------------------- named contexts
+
+
+def test_named_context_replaces_the_whole_stage() -> None:
+    d = conv(
+        "FROM busybox AS base\nRUN never\nFROM base\nRUN y\n",
+        build_contexts={"base": "docker-image://alpine"},
+    )
+    assert [v.meta.name for v in d.vertices] == [
+        f"FROM {ALPINE}",  # a named-context stage has no step total
+        "[stage-1 1/1] RUN y",
+    ]
+    d = conv(
+        "FROM busybox AS base\nRUN never\nFROM alpine\nCOPY --from=base /a /a\n",
+        build_contexts={"base": "/tmp/base"},
+    )
+    (local,) = by_type(d, LocalSource)
+    assert local.op == LocalSource(name="base", path="/tmp/base")
+    assert last_file(d).inputs[1] == local.digest
+    assert not by_type(d, ExecOp)
