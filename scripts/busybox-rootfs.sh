@@ -17,9 +17,8 @@ if [ ! -x "$BUSYBOX" ]; then
   echo "$BUSYBOX not found: install Debian's busybox-static (apt-get install -y busybox-static)" >&2
   exit 1
 fi
-# a dynamically linked busybox would need the host's libc inside the rootfs
-if ! "$BUSYBOX" --help 2>&1 | head -1 | grep -qi busybox; then
-  echo "$BUSYBOX does not look like busybox" >&2; exit 1
+if ! applets=$("$BUSYBOX" --list) || [ -z "$applets" ]; then
+  echo "$BUSYBOX does not look like busybox (no applet list)" >&2; exit 1
 fi
 mkdir -p "$root"
 if [ -n "$(ls -A "$root")" ]; then
@@ -29,7 +28,7 @@ mkdir -p "$root"/{bin,etc,tmp,root,var,usr/bin,usr/sbin,sbin}
 chmod 1777 "$root/tmp"
 chmod 0700 "$root/root"
 cp "$BUSYBOX" "$root/bin/busybox"
-for applet in $("$BUSYBOX" --list); do
+for applet in $applets; do
   [ -e "$root/bin/$applet" ] || ln -s busybox "$root/bin/$applet"
 done
 printf 'root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/nonexistent:/bin/false\n' > "$root/etc/passwd"
