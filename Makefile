@@ -2,7 +2,7 @@
 PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
-APT_PACKAGES := git graphviz busybox-static
+APT_PACKAGES := git graphviz busybox-static crun runc
 
 .PHONY: setup apt venv test lint typecheck unit demo clean
 

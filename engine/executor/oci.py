@@ -203,37 +203,47 @@ class OciExecutor:
         ]
         for t in readers:
             t.start()
-        cancelled = False
+        # The main thread blocks in wait() so a normal exit is noticed at once; a watcher
+        # thread turns `cancel` into the signal ladder.
+        exited = threading.Event()
+        cancelled = threading.Event()
+
+        def watch_cancel(event: threading.Event) -> None:
+            while not exited.is_set():
+                if event.wait(0.05):
+                    if not exited.is_set():
+                        cancelled.set()
+                        self._stop(proc, container_id)
+                    return
+
+        watcher = None
+        if cancel is not None:
+            watcher = threading.Thread(target=watch_cancel, args=(cancel,), daemon=True)
+            watcher.start()
         try:
-            while True:
-                try:
-                    proc.wait(timeout=0.05)
-                    break
-                except subprocess.TimeoutExpired:
-                    pass
-                if cancel is not None and cancel.is_set():
-                    cancelled = True
-                    self._stop(proc, container_id)
-                    break
+            proc.wait()
         except BaseException:
-            # KeyboardInterrupt or a failing sink: never leave the container running
+            # KeyboardInterrupt or the like: never leave the container running
             self._stop(proc, container_id)
             raise
         finally:
+            exited.set()
+            if watcher is not None:
+                watcher.join()
             self._delete(container_id)
             for t in readers:
                 t.join(timeout=5)
         duration = time.monotonic() - start
         rc = proc.returncode
         exit_code = 128 - rc if rc < 0 else rc
-        if not cancelled and rc != 0 and not pid_file.exists():
+        if not cancelled.is_set() and rc != 0 and not pid_file.exists():
             # the runtime never created the container: a setup failure, not the step's exit
             detail = b"".join(tail).decode("utf-8", "replace").strip().splitlines()
             raise SandboxError(
                 f"{self.runtime.name} could not start the container (exit {exit_code})",
                 detail="\n".join(detail[-5:]),
             )
-        return ExitResult(exit_code=exit_code, cancelled=cancelled, duration=duration)
+        return ExitResult(exit_code=exit_code, cancelled=cancelled.is_set(), duration=duration)
 
     def _stop(self, proc: subprocess.Popen[bytes], container_id: str) -> None:
         waits = (self.grace, self.grace, 5.0)
