@@ -7,21 +7,29 @@ imports nothing from IPython, ipywidgets or graphviz: the notebook layer lives i
 from __future__ import annotations
 
 from engine.errors import (
+    BuildCanceled,
+    BuildError,
     ContextError,
     DockerfileError,
+    EntitlementError,
     InternalError,
     NbbuildError,
     SourceError,
+    StepFailed,
     StoreError,
     UsageError,
 )
 
 __all__ = [
+    "BuildCanceled",
+    "BuildError",
     "ContextError",
     "DockerfileError",
+    "EntitlementError",
     "InternalError",
     "NbbuildError",
     "SourceError",
+    "StepFailed",
     "StoreError",
     "UsageError",
 ]

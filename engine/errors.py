@@ -8,6 +8,10 @@ Every error the engine raises on purpose is an :class:`NbbuildError`::
      ├── SourceError            a remote source (http, git, image) cannot be resolved
      ├── UsageError             a bad option or argument from the caller (CLI, API, magic)
      ├── StoreError             the persistent store (meta.db, blobs, snapshots)
+     ├── BuildError             a build that could not finish
+     │    ├── StepFailed        a RUN exited non-zero (step, line, exit code, last log lines)
+     │    ├── BuildCanceled     the build was canceled (Ctrl-C, SIGTERM, API)
+     │    └── EntitlementError  --network=host / --security=insecure without --allow
      └── InternalError          a bug in nbbuild: "this should never happen, please file a bug"
 
 User-facing errors carry enough to act on: a ``DockerfileError`` names the file, the line and
@@ -18,11 +22,15 @@ one helps.
 from __future__ import annotations
 
 __all__ = [
+    "BuildCanceled",
+    "BuildError",
     "ContextError",
     "DockerfileError",
+    "EntitlementError",
     "InternalError",
     "NbbuildError",
     "SourceError",
+    "StepFailed",
     "StoreError",
     "UsageError",
 ]
@@ -102,6 +110,56 @@ class UsageError(NbbuildError):
 
 class StoreError(NbbuildError):
     """The persistent store is unusable (unreadable, wrong schema, corrupt)."""
+
+
+class BuildError(NbbuildError):
+    """A build that could not finish."""
+
+
+class StepFailed(BuildError):
+    """A step failed: names the step, its line, the exit code and the last log lines.
+
+    Args:
+        step: the step's progress name (``[builder 4/6] RUN make``).
+        line: its Dockerfile line.
+        message: what failed, in BuildKit's words
+            (``process "/bin/sh -c make" did not complete successfully: exit code: 2``).
+        exit_code: the process's exit code, when a process ran.
+        logs: the last lines the step printed.
+        key: the step's cache key.
+    """
+
+    def __init__(
+        self,
+        step: str,
+        message: str,
+        *,
+        line: int | None = None,
+        exit_code: int | None = None,
+        logs: tuple[str, ...] = (),
+        key: str | None = None,
+        filename: str = "Dockerfile",
+    ) -> None:
+        self.step = step
+        self.line = line
+        self.exit_code = exit_code
+        self.logs = logs
+        self.key = key
+        self.message = message
+        self.filename = filename
+        where = f" ({filename}:{line})" if line is not None else ""
+        text = f"{step}{where}: {message}"
+        if logs:
+            text += "\n" + "\n".join(f"  | {entry}" for entry in logs)
+        super().__init__(text)
+
+
+class BuildCanceled(BuildError):
+    """The build was canceled; the store is left consistent."""
+
+
+class EntitlementError(BuildError):
+    """A step needs an entitlement (``network.host``, ``security.insecure``) not granted."""
 
 
 class InternalError(NbbuildError):
