@@ -1,4 +1,8 @@
-"""Content checksums of selected paths of a build context: BuildKit's ``cache/contenthash``.
+"""Content checksums of selected paths of a tree: BuildKit's ``cache/contenthash``.
+
+One implementation serves every :class:`~engine.context.tree.ReadTree`: the build context
+(owners normalised to 0, root header constant) and, through :mod:`engine.fileops`, the merged
+layers of a step's result (owners and the root's header count) and downloaded directories.
 
 What counts, per entry (``filehash.go``/``tarsum.go`` "tarsum v1" field selection): mode with
 setuid/setgid/sticky (a symlink's mode forced to 0777), uid, gid, size, type, symlink target,
@@ -6,7 +10,8 @@ device numbers and the xattrs except ``security.*`` (``security.capability`` kep
 ``system.*``; then the bytes of a regular file. Not counted: mtime, user/group names, and the
 entry's own name (a selected path hashes the same wherever it lives). A directory's digest covers
 its own header and each child's ``(name, digest)`` in byte order; the context root's header is
-a constant, as in BuildKit's local source. Hardlinks share an inode, hence a digest.
+a constant, as in BuildKit's local source (a result's root header counts). Hardlinks share an
+inode, hence a digest.
 
 We reproduce BuildKit's equalities, not its bytes: an unambiguous length-prefixed encoding is
 hashed instead of tarsum's raw concatenation, and a file contributes the sha256 of its bytes
@@ -15,7 +20,6 @@ hashed instead of tarsum's raw concatenation, and a file contributes the sha256 
 
 from __future__ import annotations
 
-import errno
 import hashlib
 import os
 import stat
@@ -31,14 +35,16 @@ from engine.context.dockerignore import (
     go_clean,
 )
 from engine.context.statcache import StatCache, StatCacheSession
-from engine.context.tree import ContextTree
+from engine.context.tree import ContextTree, ReadTree, read_xattrs
 from engine.errors import ContextError
 
 __all__ = [
     "EMPTY_DIGEST",
     "checksum_path",
     "checksum_paths",
+    "combine_digests",
     "contains_wildcards",
+    "go_path_pattern",
     "header_fields",
     "select_xattrs",
 ]
@@ -121,20 +127,17 @@ def _encode_header(fields: Sequence[tuple[str, bytes]]) -> bytes:
     return bytes(out)
 
 
-def _read_xattrs(path: str) -> dict[str, bytes]:
-    try:
-        names = os.listxattr(path, follow_symlinks=False)
-    except OSError as exc:
-        if exc.errno in (errno.ENOTSUP, errno.EOPNOTSUPP, errno.ENOSYS):
-            return {}
-        raise ContextError(f"cannot list xattrs of {path}: {exc.strerror or exc}") from None
-    out: dict[str, bytes] = {}
-    for name in names:
-        try:
-            out[name] = os.getxattr(path, name, follow_symlinks=False)
-        except OSError:
-            continue  # vanished or unreadable: BuildKit skips it too
-    return out
+_read_xattrs = read_xattrs  # the old private name, kept for callers of this module
+
+
+def combine_digests(digests: Sequence[str]) -> str:
+    """One input's content digest from its selectors' digests (``NewContentHashFunc``).
+
+    A single selector is its own digest; several are joined with NUL and hashed.
+    """
+    if len(digests) == 1:
+        return digests[0]
+    return _sha("\0".join(digests).encode())
 
 
 def _read_content_digest(path: str, st: os.stat_result) -> str:
@@ -197,20 +200,19 @@ class _Included:
 
 @dataclass(slots=True)
 class _Hasher:
-    tree: ContextTree
+    tree: ReadTree
     normalize_owner: bool
     cache: StatCacheSession | None
     _memo: dict[str, str] = field(default_factory=dict)
 
     def header_digest(self, rel: str, st: os.stat_result) -> str:
-        if rel == "":
+        if rel == "" and self.tree.fake_root_header:
             # The local source fakes the root's header as the digest of nothing: the context
             # directory's own mode and owner never matter.
             return EMPTY_DIGEST
-        real = self.tree.real(rel)
         link = self.tree.readlink(rel) if stat.S_ISLNK(st.st_mode) else ""
         fields = header_fields(
-            st, linkname=link, xattrs=_read_xattrs(real), normalize_owner=self.normalize_owner
+            st, linkname=link, xattrs=self.tree.xattrs(rel), normalize_owner=self.normalize_owner
         )
         return _sha(_encode_header(fields))
 
@@ -243,7 +245,7 @@ class _Hasher:
             header_fields(
                 st,
                 linkname=self.tree.readlink(rel) if stat.S_ISLNK(st.st_mode) else "",
-                xattrs=_read_xattrs(self.tree.real(rel)),
+                xattrs=self.tree.xattrs(rel),
                 normalize_owner=self.normalize_owner,
             )
         )
@@ -278,13 +280,13 @@ class _Hasher:
                 yield from self.walk(child, f"{display}/{name}" if display != "/" else "/" + name)
 
 
-def _not_found(path: str) -> ContextError:
+def _not_found(path: str, ref: str = "context") -> ContextError:
     return ContextError(
-        f'failed to compute cache key: failed to calculate checksum of ref context: "{path}": not found'
+        f'failed to compute cache key: failed to calculate checksum of ref {ref}: "{path}": not found'
     )
 
 
-def _go_path_matcher(pattern: str) -> Pattern:
+def go_path_pattern(pattern: str) -> Pattern:
     """A matcher for Go's ``path.Match``: ``*``/``?`` stop at ``/``, and ``**`` is just ``*``."""
     out: list[str] = []
     i, in_class = 0, False
@@ -307,6 +309,9 @@ def _go_path_matcher(pattern: str) -> Pattern:
         return Pattern.compile("".join(out), exclusion=False)
     except PatternError as exc:
         raise ContextError(f"invalid wildcard {pattern!r}: {exc}") from None
+
+
+_go_path_matcher = go_path_pattern
 
 
 def checksum_path(
@@ -343,9 +348,13 @@ def checksum_path(
     """
     tree = root if isinstance(root, ContextTree) else ContextTree(root, ignore)
     if stat_cache is None:
-        return _checksum(tree, path, wildcard, follow_links, include, exclude, normalize_owner, None)
+        return _checksum(
+            tree, path, wildcard, follow_links, include, exclude, normalize_owner, None
+        )
     with stat_cache.session(tree.root) as sess:
-        return _checksum(tree, path, wildcard, follow_links, include, exclude, normalize_owner, sess)
+        return _checksum(
+            tree, path, wildcard, follow_links, include, exclude, normalize_owner, sess
+        )
 
 
 def checksum_paths(
@@ -382,7 +391,7 @@ def checksum_paths(
 
 
 def _checksum(
-    tree: ContextTree,
+    tree: ReadTree,
     path: str,
     wildcard: bool,
     follow_links: bool,
@@ -390,14 +399,20 @@ def _checksum(
     exclude: Sequence[str],
     normalize_owner: bool,
     cache: StatCacheSession | None,
+    *,
+    ref: str = "context",
 ) -> str:
+    """The checksum of one selector of ``tree`` (what :func:`checksum_path` computes).
+
+    ``ref`` names the tree in a not-found error, as BuildKit names the ref it hashed.
+    """
     p = go_clean("/" + path)
     hasher = _Hasher(tree, normalize_owner, cache)
     wildcard = wildcard and contains_wildcards(p)
     if not wildcard and not include and not exclude:
         res = tree.resolve(p, follow_links)
         if res.st is None:
-            raise _not_found(p)
+            raise _not_found(p, ref)
         return hasher.entry_digest(res.rel)
 
     try:
@@ -415,25 +430,25 @@ def _checksum(
         prefix = p
         start = tree.resolve(p, False)
         if start.st is None:
-            raise _not_found(p)
+            raise _not_found(p, ref)
         if not stat.S_ISDIR(start.st.st_mode):
             # Patterns filter what is inside a directory; a single file is itself.
             # (BuildKit's iteration would select nothing here and hash the empty list.)
             target = tree.resolve(p, follow_links)
             if target.st is None:
-                raise _not_found(p)
+                raise _not_found(p, ref)
             return hasher.entry_digest(target.rel)
 
     included: list[_Included] = []
     if start.st is not None:
-        glob = _go_path_matcher(p) if wildcard else None
+        glob = go_path_pattern(p) if wildcard else None
         included = _included_paths(hasher, start.rel, prefix or "/", glob, follow_links, inc, exc)
 
     for item in included:
         if item.follow and (st := tree.lstat(item.rel)) is not None and stat.S_ISLNK(st.st_mode):
             target = tree.resolve(item.rel, True)
             if target.st is None:
-                raise _not_found(item.path)
+                raise _not_found(item.path, ref)
             item.digest = hasher.entry_digest(target.rel)
 
     if not included:
@@ -443,7 +458,7 @@ def _checksum(
     trim = "" if prefix in ("", "/") else prefix
     parts: list[bytes] = []
     for item in included:
-        rel = item.path[len(trim):] if item.path.startswith(trim) else item.path
+        rel = item.path[len(trim) :] if item.path.startswith(trim) else item.path
         key = os.fsencode(rel).replace(b"/", b"\0") or b"\0"
         parts += [key, item.digest.encode()]
     return _sha(b"".join(parts))

@@ -1,23 +1,37 @@
-"""A read-only view of a build context directory, scoped to its root.
+"""Read-only file trees scoped to their root: the protocol, and the build context's tree.
 
-Paths are slash-separated and relative to the root (``""`` is the root). The view applies the
-``.dockerignore`` rules (an ignored path simply does not exist) and resolves symlinks the way
-BuildKit's ``contenthash.getFollowLinks`` does: component by component, ``..`` stops at the root
-and an absolute link target restarts at the root. No path is ever opened through a symlink, so
+A :class:`ReadTree` is anything the content checksum and the file operations can read: the build
+context (:class:`ContextTree`), a result's merged layers or a downloaded directory (see
+:mod:`engine.fileops.tree`). Paths are slash-separated and relative to the root (``""`` is the
+root). Symlinks are resolved the way BuildKit's ``contenthash.getFollowLinks`` and containerd's
+``fs.RootPath`` do (:func:`resolve_links`): component by component, ``..`` stops at the root and
+an absolute link target restarts at the root. No path is ever opened through a symlink, so
 nothing outside the root is read.
+
+The context view also applies the ``.dockerignore`` rules: an ignored path simply does not exist.
 """
 
 from __future__ import annotations
 
+import errno
 import os
 import stat
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Protocol
 
 from engine.context.dockerignore import IgnoreRules, go_clean
 from engine.errors import ContextError
 
-__all__ = ["MAX_SYMLINKS", "ContextTree", "Resolved"]
+__all__ = [
+    "MAX_SYMLINKS",
+    "ContextTree",
+    "ReadTree",
+    "Resolved",
+    "read_xattrs",
+    "resolve_links",
+]
 
 # BuildKit's maxSymlinkLimit.
 MAX_SYMLINKS = 255
@@ -34,6 +48,120 @@ class Resolved:
 
     rel: str
     st: os.stat_result | None
+
+
+class ReadTree(Protocol):
+    """What the checksum and the file operations read: a tree of entries below a root.
+
+    Methods take *resolved* relative paths (no symlink among the parent components), as
+    returned by :meth:`resolve` or built from :meth:`children`; only :meth:`resolve` follows
+    links.
+    """
+
+    @property
+    def normalize_owner(self) -> bool:
+        """Whether entries count (and copy) as owned by 0:0, as a local context does."""
+        ...
+
+    @property
+    def fake_root_header(self) -> bool:
+        """Whether the root directory's own metadata is left out of checksums (local sources)."""
+        ...
+
+    def lstat(self, rel: str) -> os.stat_result | None:
+        """``lstat`` of an entry, or None when the tree has nothing there."""
+        ...
+
+    def children(self, rel: str) -> list[str]:
+        """Names in directory ``rel``, sorted by their bytes; [] for a non-directory."""
+        ...
+
+    def readlink(self, rel: str) -> str:
+        """Target text of the symlink ``rel`` (never followed)."""
+        ...
+
+    def real(self, rel: str) -> str:
+        """Host path of an existing entry, to open (with ``O_NOFOLLOW``) and read xattrs from."""
+        ...
+
+    def xattrs(self, rel: str) -> dict[str, bytes]:
+        """Extended attributes of an existing entry that belong to its content."""
+        ...
+
+    def resolve(self, path: str, follow_trailing: bool) -> Resolved:
+        """Resolve ``path`` inside the root (see :func:`resolve_links`)."""
+        ...
+
+
+def read_xattrs(path: str, error: type[Exception] = ContextError) -> dict[str, bytes]:
+    """All extended attributes of ``path`` (a symlink's own), {} where xattrs are unsupported.
+
+    Raises:
+        error: the names cannot be listed.
+    """
+    try:
+        names = os.listxattr(path, follow_symlinks=False)
+    except OSError as exc:
+        if exc.errno in (errno.ENOTSUP, errno.EOPNOTSUPP, errno.ENOSYS):
+            return {}
+        raise error(f"cannot list xattrs of {path}: {exc.strerror or exc}") from None
+    out: dict[str, bytes] = {}
+    for name in names:
+        try:
+            out[name] = os.getxattr(path, name, follow_symlinks=False)
+        except OSError:
+            continue  # vanished or unreadable: BuildKit skips it too
+    return out
+
+
+def resolve_links(
+    lstat: Callable[[str], os.stat_result | None],
+    readlink: Callable[[str], str],
+    path: str,
+    follow_trailing: bool,
+    *,
+    base: str = "",
+    error: type[Exception] = ContextError,
+) -> str:
+    """Resolve ``path`` to a symlink-free relative path, every link followed inside ``base``.
+
+    ``base`` (a resolved relative directory, ``""`` for the root) acts as the root, as
+    ``chroot`` would: ``path`` is relative to it, ``..`` never climbs above it and an absolute
+    link target restarts at it. Missing components are kept literally, so the result may not
+    exist. Only the final component may remain a symlink (``follow_trailing=False``).
+
+    Raises:
+        error: more than :data:`MAX_SYMLINKS` links on the way (a loop).
+    """
+    floor = [p for p in base.split("/") if p]
+    current = list(floor)
+    remaining = go_clean("/" + path).lstrip("/")
+    links = 0
+    while remaining:
+        part, _, remaining = remaining.partition("/")
+        if part in ("", "."):
+            continue
+        if part == "..":
+            # Lexical, clamped at the base: the current path holds no symlinks.
+            if len(current) > len(floor):
+                current.pop()
+            continue
+        nxt = "/".join([*current, part])
+        st = lstat(nxt)
+        if st is None or not stat.S_ISLNK(st.st_mode):
+            current.append(part)
+            continue
+        if not follow_trailing and not remaining.strip("/"):
+            current.append(part)
+            break
+        links += 1
+        if links > MAX_SYMLINKS:
+            raise error(f"{path}: too many links")
+        target = readlink(nxt)
+        remaining = f"{target}/{remaining}" if remaining else target
+        if target.startswith("/"):
+            current = list(floor)
+    return "/".join(current)
 
 
 @dataclass(slots=True)
@@ -56,13 +184,29 @@ class ContextTree:
         try:
             st = os.stat(self.root)
         except OSError as exc:
-            raise ContextError(f"cannot read build context {self.root}: {exc.strerror or exc}") from None
+            raise ContextError(
+                f"cannot read build context {self.root}: {exc.strerror or exc}"
+            ) from None
         if not stat.S_ISDIR(st.st_mode):
             raise ContextError(f"build context {self.root} is not a directory")
+
+    @property
+    def normalize_owner(self) -> bool:
+        """Context files count as owned by 0:0: the buildx client resets uid/gid on transfer."""
+        return True
+
+    @property
+    def fake_root_header(self) -> bool:
+        """The local source hashes a constant for the context root's own header."""
+        return True
 
     def real(self, rel: str) -> str:
         """Filesystem path of a relative path (only meaningful for resolved paths)."""
         return os.path.join(self.root, rel) if rel else str(self.root)
+
+    def xattrs(self, rel: str) -> dict[str, bytes]:
+        """Extended attributes of the entry ``rel``."""
+        return read_xattrs(self.real(rel))
 
     def lstat(self, rel: str) -> os.stat_result | None:
         """``lstat`` of ``rel`` if it is in the context; None when missing or ignored.
@@ -124,7 +268,9 @@ class ContextTree:
             with os.scandir(self.real(rel)) as it:
                 names = [e.name for e in it]
         except OSError as exc:
-            raise ContextError(f"cannot read directory {rel or '.'}: {exc.strerror or exc}") from None
+            raise ContextError(
+                f"cannot read directory {rel or '.'}: {exc.strerror or exc}"
+            ) from None
         # BuildKit keys are byte strings: sort by the encoded name, not by code points.
         names.sort(key=os.fsencode)
         present: list[str] = []
@@ -152,30 +298,5 @@ class ContextTree:
         Raises:
             ContextError: more than :data:`MAX_SYMLINKS` links on the way.
         """
-        current = ""
-        remaining = go_clean("/" + path).lstrip("/")
-        links = 0
-        while remaining:
-            part, _, remaining = remaining.partition("/")
-            if part in ("", "."):
-                continue
-            if part == "..":
-                # Lexical, clamped at the root: the current path holds no symlinks.
-                current = current.rpartition("/")[0]
-                continue
-            nxt = f"{current}/{part}" if current else part
-            st = self.lstat(nxt)
-            if st is None or not stat.S_ISLNK(st.st_mode):
-                current = nxt
-                continue
-            if not follow_trailing and not remaining.strip("/"):
-                current = nxt
-                break
-            links += 1
-            if links > MAX_SYMLINKS:
-                raise ContextError(f"{path}: too many links")
-            target = self.readlink(nxt)
-            remaining = f"{target}/{remaining}" if remaining else target
-            if target.startswith("/"):
-                current = ""
-        return Resolved(current, self.lstat(current))
+        rel = resolve_links(self.lstat, self.readlink, path, follow_trailing)
+        return Resolved(rel, self.lstat(rel))
