@@ -1,11 +1,12 @@
 """The persistent metadata database, ``NBBUILD_ROOT/meta.db``.
 
 One SQLite file in WAL mode holds every small piece of state that must survive the process: the
-stat cache now, cache keys, results, images and history later. The schema version is SQLite's
-``PRAGMA user_version``; :data:`MIGRATIONS` is the ordered list of schema steps, and migration
-``i`` (0-based) takes the schema from version ``i`` to ``i + 1``. Adding a table is appending one
-function to that list; each runs in its own transaction together with the version bump, so a
-crash never leaves a half-migrated file.
+stat cache, key preimages, snapshots, results and their keys, leases, build history and the
+quarantine of ``cache check --repair`` (images are added by the image store). The schema
+version is SQLite's ``PRAGMA user_version``; :data:`MIGRATIONS` is the ordered list of schema
+steps, and migration ``i`` (0-based) takes the schema from version ``i`` to ``i + 1``. Adding a
+table is appending one function to that list; each runs in its own transaction together with
+the version bump, so a crash never leaves a half-migrated file.
 """
 
 from __future__ import annotations
@@ -62,9 +63,150 @@ def _m002_preimages(conn: sqlite3.Connection) -> None:
     )
 
 
+def _m003_results(conn: sqlite3.Connection) -> None:
+    # Snapshots are committed layer diffs (snapshots/<id>); a result is a chain of them (bottom
+    # first, in result_layers) plus what it cost to make. ``results.diff`` is the snapshot the
+    # result itself added (NULL for a result that added no layer): GC treats the result as that
+    # snapshot's owner. A key may name several results and a result may have several keys.
+    conn.execute(
+        """
+        CREATE TABLE snapshots (
+            id          TEXT PRIMARY KEY,
+            size        INTEGER NOT NULL,
+            created_ns  INTEGER NOT NULL,
+            diff_id     TEXT
+        ) WITHOUT ROWID
+        """
+    )
+    conn.execute(
+        """
+        CREATE TABLE results (
+            id           TEXT PRIMARY KEY,
+            diff         TEXT REFERENCES snapshots(id),
+            exec_ns      INTEGER NOT NULL,
+            created_ns   INTEGER NOT NULL,
+            last_used_ns INTEGER NOT NULL,
+            usage_count  INTEGER NOT NULL DEFAULT 0,
+            description  TEXT NOT NULL DEFAULT ''
+        ) WITHOUT ROWID
+        """
+    )
+    conn.execute("CREATE INDEX results_diff ON results(diff)")
+    conn.execute(
+        """
+        CREATE TABLE result_layers (
+            result_id   TEXT NOT NULL REFERENCES results(id) ON DELETE CASCADE,
+            position    INTEGER NOT NULL,
+            snapshot_id TEXT NOT NULL REFERENCES snapshots(id),
+            PRIMARY KEY (result_id, position)
+        ) WITHOUT ROWID
+        """
+    )
+    conn.execute("CREATE INDEX result_layers_snapshot ON result_layers(snapshot_id)")
+    conn.execute(
+        """
+        CREATE TABLE cache_keys (
+            key         TEXT NOT NULL,
+            result_id   TEXT NOT NULL REFERENCES results(id) ON DELETE CASCADE,
+            created_ns  INTEGER NOT NULL,
+            PRIMARY KEY (key, result_id)
+        ) WITHOUT ROWID
+        """
+    )
+    conn.execute("CREATE INDEX cache_keys_result ON cache_keys(result_id)")
+    conn.execute(
+        """
+        CREATE TABLE result_checksums (
+            result_id   TEXT NOT NULL REFERENCES results(id) ON DELETE CASCADE,
+            spec        TEXT NOT NULL,
+            checksum    TEXT NOT NULL,
+            PRIMARY KEY (result_id, spec)
+        ) WITHOUT ROWID
+        """
+    )
+
+
+def _m004_leases(conn: sqlite3.Connection) -> None:
+    # A lease belongs to a process (pid + start ticks + boot id; see engine.store.leases).
+    # lease_results has no ON DELETE CASCADE towards results on purpose: deleting a leased
+    # result is a bug, and the foreign key turns it into an error instead of a lost layer.
+    conn.execute(
+        """
+        CREATE TABLE leases (
+            id          TEXT PRIMARY KEY,
+            pid         INTEGER NOT NULL,
+            start_ticks INTEGER NOT NULL,
+            boot_id     TEXT NOT NULL,
+            created_ns  INTEGER NOT NULL,
+            description TEXT NOT NULL DEFAULT ''
+        ) WITHOUT ROWID
+        """
+    )
+    conn.execute(
+        """
+        CREATE TABLE lease_results (
+            lease_id    TEXT NOT NULL REFERENCES leases(id) ON DELETE CASCADE,
+            result_id   TEXT NOT NULL REFERENCES results(id),
+            PRIMARY KEY (lease_id, result_id)
+        ) WITHOUT ROWID
+        """
+    )
+    conn.execute("CREATE INDEX lease_results_result ON lease_results(result_id)")
+    conn.execute(
+        """
+        CREATE TABLE lease_snapshots (
+            snapshot_id TEXT PRIMARY KEY,
+            lease_id    TEXT NOT NULL REFERENCES leases(id) ON DELETE CASCADE
+        ) WITHOUT ROWID
+        """
+    )
+    conn.execute("CREATE INDEX lease_snapshots_lease ON lease_snapshots(lease_id)")
+
+
+def _m005_builds(conn: sqlite3.Connection) -> None:
+    # Build history: one row per build, its steps as JSON (key, status, timings, preimage).
+    conn.execute(
+        """
+        CREATE TABLE builds (
+            id          INTEGER PRIMARY KEY AUTOINCREMENT,
+            name        TEXT NOT NULL,
+            time_ns     INTEGER NOT NULL,
+            target      TEXT NOT NULL,
+            tag         TEXT NOT NULL,
+            context     TEXT NOT NULL,
+            status      TEXT NOT NULL,
+            steps       TEXT NOT NULL
+        )
+        """
+    )
+    conn.execute("CREATE INDEX builds_name_time ON builds(name, time_ns)")
+
+
+def _m006_quarantine(conn: sqlite3.Connection) -> None:
+    # Rows ``cache check --repair`` took out of service, kept (as JSON) for a post-mortem;
+    # ``path`` is where a damaged directory or blob was moved, if anything was.
+    conn.execute(
+        """
+        CREATE TABLE quarantine (
+            id              INTEGER PRIMARY KEY AUTOINCREMENT,
+            kind            TEXT NOT NULL,
+            item            TEXT NOT NULL,
+            reason          TEXT NOT NULL,
+            data            TEXT NOT NULL,
+            path            TEXT,
+            quarantined_ns  INTEGER NOT NULL
+        )
+        """
+    )
+
+
 MIGRATIONS: list[Migration] = [
     _m001_stat_cache,
     _m002_preimages,
+    _m003_results,
+    _m004_leases,
+    _m005_builds,
+    _m006_quarantine,
 ]
 
 

@@ -1,7 +1,6 @@
 """The persistent store: one directory holding everything a build keeps.
 
-CONTRACT (the solver, exporters and image store are written against it; the bodies are being
-implemented). Layout under ``root`` (``--root`` > ``NBBUILD_ROOT`` > ``~/.cache/nbbuild``)::
+Layout under ``root`` (``--root`` > ``NBBUILD_ROOT`` > ``~/.cache/nbbuild``)::
 
     meta.db                 SQLite (WAL): cache keys, results, snapshots, leases, images, history
     blobs/sha256/<hex>      content-addressed blobs (OCI layout compatible)
@@ -9,6 +8,7 @@ implemented). Layout under ``root`` (``--root`` > ``NBBUILD_ROOT`` > ``~/.cache/
     snapshots/<id>/         committed layer diffs (overlayfs upper dirs: whiteouts are 0/0 char
                             devices, opaque dirs carry trusted.overlay.opaque=y)
     snapshots/tmp/<id>/     diffs being written by a live build (swept when their owner is dead)
+    quarantine/             what ``cache check --repair`` took out of service
 
 A *result* is what a vertex produced: an ordered chain of layer diffs (bottom first), the time
 it took to make, and the keys it is stored under. Exec and file results are the input chain plus
@@ -17,19 +17,58 @@ one new diff; a merge is the concatenation of its inputs' chains; an image is it
 Crash safety: a diff is written under ``snapshots/tmp``, made durable with one ``syncfs``, renamed
 to ``snapshots/<id>``, and only then published in one SQLite transaction together with its
 result and keys. A kill at any moment leaves either an unpublished directory (swept) or a
-complete, published result. Concurrency: SQLite serialises writers; lookups take a lease in the
-same transaction, so a concurrent prune never removes what a running build holds.
+complete, published result. The sweep (on :meth:`Store.open` and by ``check --repair``) relies on
+one ordering rule: a snapshot id is recorded for its lease (``lease_snapshots``) *before* its
+directory is created, and that row is replaced by the ``snapshots`` row in the publishing
+transaction. So a directory is garbage exactly when, read *after* listing the directory, no row
+of a live lease and no ``snapshots`` row explains it.
+
+Concurrency: SQLite serialises writers (``BEGIN IMMEDIATE``); lookups take a lease in the same
+transaction, so a concurrent prune never removes what a running build holds. Several processes
+may build into one root at once; a process must open its own :class:`Store` (do not share one
+across ``fork``).
+
+GC roots outside the cache (local images) keep snapshots alive through
+:func:`register_snapshot_root`, or through a table ``image_layers(snapshot_id)`` when it exists.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+import dataclasses
+import json
+import os
+import re
+import sqlite3
+import threading
+import time
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-__all__ = ["BuildRecord", "Lease", "Result", "Store", "StepRecord"]
+from engine.errors import StoreError
+from engine.store.blobs import BlobStore
+from engine.store.fsync import fsync_dir, syncfs
+from engine.store.leases import create_lease, current_owner, drop_lease, reclaim_stale
+from engine.store.metadb import MetaDB, open_meta_db
+from engine.store.trees import new_id, remove_tree, tree_size
+
+__all__ = [
+    "BuildRecord",
+    "Lease",
+    "Result",
+    "SnapshotRoot",
+    "StepRecord",
+    "Store",
+    "SweepReport",
+    "register_snapshot_root",
+    "snapshot_roots",
+    "unregister_snapshot_root",
+]
+
+_ID = re.compile(r"[0-9a-z]{1,64}")
+TMP_DIRNAME = "tmp"
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,10 +119,86 @@ class BuildRecord:
     context: str = ""
 
 
+@dataclass(frozen=True, slots=True)
+class SweepReport:
+    """What a sweep removed: dead owners' leases, their unpublished dirs, partial blobs."""
+
+    leases: int = 0
+    tmp_dirs: int = 0
+    orphan_dirs: int = 0
+    ingests: int = 0
+
+
+# -- GC roots outside the cache ------------------------------------------------------------
+
+SnapshotRoot = Callable[[sqlite3.Connection], set[str]]
+"""A function naming snapshot ids that must be kept (it runs inside GC's transaction)."""
+
+_roots: list[SnapshotRoot] = []
+_roots_lock = threading.Lock()
+
+
+def register_snapshot_root(fn: SnapshotRoot) -> None:
+    """Keep the snapshots ``fn(conn)`` names alive (e.g. the layers of local images).
+
+    ``fn`` runs inside the write transaction of every prune and check, so what it reads is
+    consistent with what GC deletes. It must be registered in every process that prunes; a
+    table ``image_layers(snapshot_id)`` in ``meta.db`` is honoured by every process without
+    registration, which makes it the safer way for a persistent store of references.
+    """
+    with _roots_lock:
+        if fn not in _roots:
+            _roots.append(fn)
+
+
+def unregister_snapshot_root(fn: SnapshotRoot) -> None:
+    """Undo :func:`register_snapshot_root`."""
+    with _roots_lock:
+        if fn in _roots:
+            _roots.remove(fn)
+
+
+def snapshot_roots(conn: sqlite3.Connection) -> set[str]:
+    """Every snapshot id kept alive from outside the cache (images)."""
+    ids: set[str] = set()
+    has_table = conn.execute(
+        "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'image_layers'"
+    ).fetchone()
+    if has_table:
+        ids.update(r[0] for r in conn.execute("SELECT snapshot_id FROM image_layers"))
+    with _roots_lock:
+        hooks = list(_roots)
+    for fn in hooks:
+        ids.update(fn(conn))
+    return ids
+
+
+# -- the store ------------------------------------------------------------------------------
+
+
 class Store:
-    """An open store. Thread-safe; several processes may open the same root at once."""
+    """An open store. Thread-safe; several processes may open the same root at once.
+
+    Attributes:
+        root: the store directory.
+        db: its ``meta.db``.
+        blobs: its content-addressed blobs.
+    """
 
     root: Path
+
+    def __init__(self, root: Path, db: MetaDB) -> None:
+        self.root = root
+        self.db = db
+        self.snapshots_dir = root / "snapshots"
+        self.tmp_dir = self.snapshots_dir / TMP_DIRNAME
+        self.quarantine_dir = root / "quarantine"
+        for d in (self.snapshots_dir, self.tmp_dir):
+            try:
+                d.mkdir(mode=0o700, exist_ok=True)
+            except OSError as exc:
+                raise StoreError(f"cannot create {d}: {exc.strerror}") from None
+        self.blobs = BlobStore(root)
 
     @classmethod
     def open(cls, root: Path) -> Store:
@@ -92,39 +207,121 @@ class Store:
         Raises:
             StoreError: the directory or database cannot be used.
         """
-        raise NotImplementedError
+        root = Path(root)
+        db = open_meta_db(root)
+        try:
+            store = cls(root, db)
+            store.sweep()
+        except BaseException:
+            db.close()
+            raise
+        return store
 
     def close(self) -> None:
-        raise NotImplementedError
+        self.db.close()
+
+    def __enter__(self) -> Store:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
     # -- leases ---------------------------------------------------------------------------
 
     @contextmanager
-    def lease(self) -> Iterator[Lease]:
-        """A lease owned by this process (pid + process start time, so a reused pid is stale)."""
-        raise NotImplementedError
-        yield  # pragma: no cover
+    def lease(self, description: str = "") -> Iterator[Lease]:
+        """A lease owned by this process (pid + process start time, so a reused pid is stale).
+
+        On exit the lease's references go and the diff directories it was handed and did not
+        publish are removed.
+        """
+        owner = current_owner()
+        with self.db.transaction() as conn:
+            lease = Lease(create_lease(conn, owner, description))
+        try:
+            yield lease
+        finally:
+            self.release(lease)
+
+    def release(self, lease: Lease) -> None:
+        """End a lease now (what leaving :meth:`lease` does)."""
+        with self.db.transaction() as conn:
+            unpublished = drop_lease(conn, lease.id)
+        self._remove_unpublished(unpublished)
+
+    def hold(self, result: Result, lease: Lease) -> None:
+        """Add ``result`` to ``lease`` (a result obtained other than through lookup/commit).
+
+        Raises:
+            StoreError: the result or the lease no longer exists.
+        """
+        with self.db.transaction() as conn:
+            self._hold(conn, result.id, lease, time.time_ns())
 
     # -- snapshots ------------------------------------------------------------------------
 
     def new_diff_dir(self, lease: Lease) -> Path:
         """A fresh, empty directory under ``snapshots/tmp`` to write one diff into."""
-        raise NotImplementedError
+        snapshot_id = new_id()
+        try:
+            with self.db.transaction() as conn:
+                # The row first: a sweep that lists the directory afterwards sees it.
+                conn.execute(
+                    "INSERT INTO lease_snapshots (snapshot_id, lease_id) VALUES (?, ?)",
+                    (snapshot_id, lease.id),
+                )
+        except sqlite3.IntegrityError:
+            raise StoreError(f"lease {lease.id} is no longer held") from None
+        path = self.tmp_dir / snapshot_id
+        try:
+            path.mkdir(mode=0o755)
+            os.chmod(path, 0o755)  # the rootfs's "/" in an overlay: not subject to umask
+        except OSError as exc:
+            raise StoreError(f"cannot create {path}: {exc.strerror}") from None
+        return path
+
+    def discard_diff_dir(self, lease: Lease, path: Path) -> None:
+        """Give back a directory from :meth:`new_diff_dir` that will not be committed."""
+        snapshot_id = self._tmp_id(path)
+        remove_tree(path)
+        with self.db.transaction() as conn:
+            conn.execute(
+                "DELETE FROM lease_snapshots WHERE snapshot_id = ? AND lease_id = ?",
+                (snapshot_id, lease.id),
+            )
 
     def diff_path(self, snapshot_id: str) -> Path:
         """The directory of a committed diff."""
-        raise NotImplementedError
+        if not _ID.fullmatch(snapshot_id):
+            raise StoreError(f"invalid snapshot id {snapshot_id!r}")
+        return self.snapshots_dir / snapshot_id
 
     def layer_paths(self, result: Result) -> list[Path]:
         """The diff directories of a result's chain, bottom first (overlay lowerdirs reversed)."""
-        raise NotImplementedError
+        return [self.diff_path(s) for s in result.layers]
+
+    def snapshot_size(self, snapshot_id: str) -> int | None:
+        """The recorded size of a committed snapshot, None if there is no such snapshot."""
+        with self.db.reading() as conn:
+            row = conn.execute("SELECT size FROM snapshots WHERE id = ?", (snapshot_id,)).fetchone()
+        return None if row is None else int(row[0])
 
     # -- results --------------------------------------------------------------------------
 
     def lookup(self, keys: Sequence[str], lease: Lease) -> Result | None:
         """The first result stored under any of ``keys``, added to ``lease`` in the same
-        transaction (and its last-used time bumped); None when there is none."""
-        raise NotImplementedError
+        transaction (and its last-used time bumped); None when there is none.
+
+        Keys are tried in order; under one key the newest result wins. A result whose layer
+        directories are missing (damage that ``cache check`` reports) is skipped.
+        """
+        if not keys:
+            return None
+        with self.db.transaction() as conn:
+            found = self._find(conn, keys)
+            if found is not None:
+                self._hold(conn, found.id, lease, time.time_ns())
+        return found
 
     def commit(
         self,
@@ -135,32 +332,337 @@ class Store:
         exec_ns: int,
         description: str,
         lease: Lease,
+        fresh: bool = False,
     ) -> Result:
         """Publish a result: ``base`` layers plus ``diff`` (a dir from :meth:`new_diff_dir`, or
         None for a result that adds no layer). ``syncfs`` once, rename, then one transaction
         that inserts the snapshot, the result, every key and the lease reference. When a
         result with the same key already exists (another process won the race) the new diff is
-        discarded and the existing result returned."""
-        raise NotImplementedError
+        discarded and the existing result returned.
+
+        Args:
+            fresh: publish the new result even when one exists under a key (``--no-cache``:
+                the step re-ran on purpose and its output is what the build uses); the key
+                then names both results and lookups prefer the newer.
+
+        Raises:
+            StoreError: ``diff`` was not handed out by this store, a base layer does not exist,
+                the lease is gone, or the filesystem/database failed.
+        """
+        unique_keys = list(dict.fromkeys(keys))
+        snapshot_id: str | None = None
+        final: Path | None = None
+        size = 0
+        if diff is not None:
+            snapshot_id = self._tmp_id(diff)
+            if not fresh and unique_keys:
+                # Cheap check first: if another process already published, skip the flush.
+                existing = self._adopt(unique_keys, lease)
+                if existing is not None:
+                    self.discard_diff_dir(lease, diff)
+                    return existing
+            size = tree_size(diff)
+            syncfs(diff)
+            final = self.snapshots_dir / snapshot_id
+            try:
+                os.rename(diff, final)
+            except OSError as exc:
+                raise StoreError(f"cannot commit {diff}: {exc.strerror}") from None
+            # The rename must be on disk before the row that points at it.
+            fsync_dir(self.snapshots_dir)
+        layers = (*base, snapshot_id) if snapshot_id is not None else tuple(base)
+        now = time.time_ns()
+        discard = False
+        try:
+            with self.db.transaction() as conn:
+                existing = None if fresh else self._find(conn, unique_keys)
+                if existing is not None:
+                    discard = True
+                    self._add_keys(conn, existing.id, unique_keys, now)
+                    self._hold(conn, existing.id, lease, now)
+                    if snapshot_id is not None:
+                        conn.execute(
+                            "DELETE FROM lease_snapshots WHERE snapshot_id = ?", (snapshot_id,)
+                        )
+                    result = existing
+                else:
+                    result = self._publish(
+                        conn,
+                        snapshot_id=snapshot_id,
+                        size=size,
+                        layers=layers,
+                        keys=unique_keys,
+                        exec_ns=exec_ns,
+                        description=description,
+                        lease=lease,
+                        now=now,
+                    )
+        except sqlite3.IntegrityError as exc:
+            raise StoreError(
+                f"cannot commit {description or 'result'}: a base layer or the lease is gone "
+                f"({exc})"
+            ) from None
+        if discard and final is not None:
+            remove_tree(final)
+        return result
 
     def add_keys(self, result: Result, keys: Sequence[str]) -> None:
-        """Store ``result`` under more keys (content keys learned after it was made)."""
-        raise NotImplementedError
+        """Store ``result`` under more keys (content keys learned after it was made).
+
+        Raises:
+            StoreError: the result no longer exists.
+        """
+        try:
+            with self.db.transaction() as conn:
+                self._add_keys(conn, result.id, list(dict.fromkeys(keys)), time.time_ns())
+        except sqlite3.IntegrityError:
+            raise StoreError(f"result {result.id} no longer exists") from None
 
     def get_checksum(self, result: Result, spec_digest: str) -> str | None:
         """A remembered content checksum of ``result`` for a selector spec."""
-        raise NotImplementedError
+        with self.db.reading() as conn:
+            row = conn.execute(
+                "SELECT checksum FROM result_checksums WHERE result_id = ? AND spec = ?",
+                (result.id, spec_digest),
+            ).fetchone()
+        return None if row is None else str(row[0])
 
     def set_checksum(self, result: Result, spec_digest: str, checksum: str) -> None:
-        raise NotImplementedError
+        """Remember a content checksum (ignored if the result is gone: it is only a cache)."""
+        with self.db.transaction() as conn:
+            conn.execute(
+                "INSERT OR REPLACE INTO result_checksums (result_id, spec, checksum) "
+                "SELECT ?, ?, ? WHERE EXISTS (SELECT 1 FROM results WHERE id = ?)",
+                (result.id, spec_digest, checksum, result.id),
+            )
+
+    def result(self, result_id: str) -> Result | None:
+        """A result by id (no lease taken)."""
+        with self.db.reading() as conn:
+            return self._load(conn, result_id)
+
+    def keys_of(self, result: Result) -> list[str]:
+        """The keys ``result`` is stored under, sorted."""
+        with self.db.reading() as conn:
+            rows = conn.execute(
+                "SELECT key FROM cache_keys WHERE result_id = ? ORDER BY key", (result.id,)
+            ).fetchall()
+        return [r[0] for r in rows]
 
     # -- history --------------------------------------------------------------------------
 
     def record_build(self, record: BuildRecord) -> None:
-        raise NotImplementedError
+        """Append a build to the history."""
+        steps = json.dumps([dataclasses.asdict(s) for s in record.steps], sort_keys=True)
+        with self.db.transaction() as conn:
+            conn.execute(
+                "INSERT INTO builds (name, time_ns, target, tag, context, status, steps) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (
+                    record.name,
+                    record.time_ns,
+                    record.target,
+                    record.tag,
+                    record.context,
+                    record.status,
+                    steps,
+                ),
+            )
 
     def last_build(self, name: str) -> BuildRecord | None:
-        raise NotImplementedError
+        """The most recent build recorded under ``name``."""
+        with self.db.reading() as conn:
+            row = conn.execute(
+                f"SELECT {_BUILD_COLUMNS} FROM builds WHERE name = ? "
+                "ORDER BY time_ns DESC, id DESC LIMIT 1",
+                (name,),
+            ).fetchone()
+        return None if row is None else _build_from_row(row)
 
     def builds(self, limit: int = 50) -> list[BuildRecord]:
-        raise NotImplementedError
+        """The most recent builds, newest first."""
+        with self.db.reading() as conn:
+            rows = conn.execute(
+                f"SELECT {_BUILD_COLUMNS} FROM builds ORDER BY time_ns DESC, id DESC LIMIT ?",
+                (limit,),
+            ).fetchall()
+        return [_build_from_row(r) for r in rows]
+
+    # -- sweeping -------------------------------------------------------------------------
+
+    def sweep(self) -> SweepReport:
+        """Reclaim dead owners' leases and remove what nothing explains (see module doc)."""
+        with self.db.transaction() as conn:
+            before = conn.execute("SELECT COUNT(*) FROM leases").fetchone()[0]
+            reclaim_stale(conn)
+            after = conn.execute("SELECT COUNT(*) FROM leases").fetchone()[0]
+        tmp, orphans = self.garbage_dirs()
+        for path in (*tmp, *orphans):
+            remove_tree(path)
+        ingests = self.blobs.sweep_ingest()
+        return SweepReport(
+            leases=int(before) - int(after),
+            tmp_dirs=len(tmp),
+            orphan_dirs=len(orphans),
+            ingests=ingests,
+        )
+
+    def garbage_dirs(self) -> tuple[list[Path], list[Path]]:
+        """Directories nothing explains: (under ``snapshots/tmp``, under ``snapshots``).
+
+        Lists first and reads the rows afterwards (the ordering rule of the module doc), so a
+        live build's directory is never reported. Leases of dead owners count as explanations
+        until reclaimed, so call after :func:`reclaim_stale` for a complete answer.
+        """
+        tmp_names = _listdir(self.tmp_dir)
+        names = [n for n in _listdir(self.snapshots_dir) if n != TMP_DIRNAME]
+        with self.db.reading() as conn:
+            leased = {r[0] for r in conn.execute("SELECT snapshot_id FROM lease_snapshots")}
+            published = {r[0] for r in conn.execute("SELECT id FROM snapshots")}
+        tmp = [self.tmp_dir / n for n in tmp_names if n not in leased]
+        orphans = [self.snapshots_dir / n for n in names if n not in published and n not in leased]
+        return tmp, orphans
+
+    # -- internals ------------------------------------------------------------------------
+
+    def _tmp_id(self, path: Path) -> str:
+        path = Path(path)
+        if path.parent != self.tmp_dir or not _ID.fullmatch(path.name):
+            raise StoreError(f"{path} is not a diff directory handed out by this store")
+        return path.name
+
+    def _remove_unpublished(self, snapshot_ids: Sequence[str]) -> None:
+        for snapshot_id in snapshot_ids:
+            remove_tree(self.tmp_dir / snapshot_id)
+            # A crash (or error) between rename and publish leaves the dir committed, rowless.
+            remove_tree(self.snapshots_dir / snapshot_id)
+
+    def _adopt(self, keys: Sequence[str], lease: Lease) -> Result | None:
+        with self.db.transaction() as conn:
+            existing = self._find(conn, keys)
+            if existing is not None:
+                now = time.time_ns()
+                self._add_keys(conn, existing.id, keys, now)
+                self._hold(conn, existing.id, lease, now)
+        return existing
+
+    def _find(self, conn: sqlite3.Connection, keys: Sequence[str]) -> Result | None:
+        for key in keys:
+            rows = conn.execute(
+                "SELECT r.id FROM cache_keys k JOIN results r ON r.id = k.result_id "
+                "WHERE k.key = ? ORDER BY r.created_ns DESC, r.id",
+                (key,),
+            ).fetchall()
+            for (result_id,) in rows:
+                result = self._load(conn, result_id)
+                if result is not None and self._usable(result):
+                    return result
+        return None
+
+    def _usable(self, result: Result) -> bool:
+        return all(os.path.isdir(self.snapshots_dir / s) for s in result.layers)
+
+    def _load(self, conn: sqlite3.Connection, result_id: str) -> Result | None:
+        row = conn.execute(
+            "SELECT exec_ns, created_ns, description FROM results WHERE id = ?", (result_id,)
+        ).fetchone()
+        if row is None:
+            return None
+        layers = tuple(
+            r[0]
+            for r in conn.execute(
+                "SELECT snapshot_id FROM result_layers WHERE result_id = ? ORDER BY position",
+                (result_id,),
+            )
+        )
+        return Result(result_id, layers, int(row[0]), int(row[1]), str(row[2]))
+
+    def _hold(self, conn: sqlite3.Connection, result_id: str, lease: Lease, now: int) -> None:
+        try:
+            conn.execute(
+                "INSERT OR IGNORE INTO lease_results (lease_id, result_id) VALUES (?, ?)",
+                (lease.id, result_id),
+            )
+        except sqlite3.IntegrityError:
+            raise StoreError(
+                f"lease {lease.id} is no longer held (or result {result_id} is gone)"
+            ) from None
+        conn.execute(
+            "UPDATE results SET last_used_ns = ?, usage_count = usage_count + 1 WHERE id = ?",
+            (now, result_id),
+        )
+
+    @staticmethod
+    def _add_keys(conn: sqlite3.Connection, result_id: str, keys: Sequence[str], now: int) -> None:
+        conn.executemany(
+            "INSERT OR IGNORE INTO cache_keys (key, result_id, created_ns) VALUES (?, ?, ?)",
+            [(k, result_id, now) for k in keys],
+        )
+
+    def _publish(
+        self,
+        conn: sqlite3.Connection,
+        *,
+        snapshot_id: str | None,
+        size: int,
+        layers: tuple[str, ...],
+        keys: Sequence[str],
+        exec_ns: int,
+        description: str,
+        lease: Lease,
+        now: int,
+    ) -> Result:
+        if snapshot_id is not None:
+            gone = conn.execute(
+                "DELETE FROM lease_snapshots WHERE snapshot_id = ? AND lease_id = ?",
+                (snapshot_id, lease.id),
+            ).rowcount
+            if gone != 1:
+                raise StoreError(f"snapshot {snapshot_id} is not held by lease {lease.id}")
+            conn.execute(
+                "INSERT INTO snapshots (id, size, created_ns) VALUES (?, ?, ?)",
+                (snapshot_id, size, now),
+            )
+        result_id = new_id()
+        conn.execute(
+            "INSERT INTO results (id, diff, exec_ns, created_ns, last_used_ns, usage_count, "
+            "description) VALUES (?, ?, ?, ?, ?, 0, ?)",
+            (result_id, snapshot_id, exec_ns, now, now, description),
+        )
+        conn.executemany(
+            "INSERT INTO result_layers (result_id, position, snapshot_id) VALUES (?, ?, ?)",
+            [(result_id, i, s) for i, s in enumerate(layers)],
+        )
+        self._add_keys(conn, result_id, keys, now)
+        conn.execute(
+            "INSERT INTO lease_results (lease_id, result_id) VALUES (?, ?)", (lease.id, result_id)
+        )
+        return Result(result_id, layers, exec_ns, now, description)
+
+
+_BUILD_COLUMNS = "name, time_ns, target, tag, context, status, steps"
+_STEP_FIELDS = {f.name for f in dataclasses.fields(StepRecord)}
+
+
+def _build_from_row(row: tuple[Any, ...]) -> BuildRecord:
+    name, time_ns, target, tag, context, status, steps_json = row
+    steps = tuple(
+        StepRecord(**{k: v for k, v in step.items() if k in _STEP_FIELDS})
+        for step in json.loads(steps_json)
+    )
+    return BuildRecord(
+        name=name,
+        time_ns=int(time_ns),
+        target=target,
+        status=status,
+        steps=steps,
+        tag=tag,
+        context=context,
+    )
+
+
+def _listdir(path: Path) -> list[str]:
+    try:
+        return os.listdir(path)
+    except FileNotFoundError:
+        return []
