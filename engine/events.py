@@ -178,7 +178,7 @@ class VertexEvent:
         cached: the result came from the cache (BuildKit's ``cached``).
         error: the error message of a failed (or canceled) vertex.
         status: one of :data:`STATUSES`.
-        key: the cache key the result was found or stored under ("" before it is known).
+        key: the cache key the result was found or stored under (None until it is known).
         preimage: the key's preimage (what went into it), for "why did this re-run?".
         saved_ns: for a cache hit, how long the reused result took when it was executed.
     """
@@ -198,7 +198,7 @@ class VertexEvent:
     cached: bool = False
     error: str | None = None
     status: Status = "pending"
-    key: str = ""
+    key: str | None = None
     preimage: dict[str, Any] | None = field(default=None, hash=False)
     saved_ns: int | None = None
 
@@ -313,7 +313,7 @@ class VertexEvent:
             cached=_opt(obj, "cached", bool, False),
             error=_opt(obj, "error", str, None),
             status=status,
-            key=_opt(obj, "key", str, ""),
+            key=_opt(obj, "key", str, None),
             preimage=_opt(obj, "preimage", dict, None),
             saved_ns=_opt(obj, "saved_ns", int, None),
         )

@@ -61,6 +61,7 @@ __all__ = [
     "Summary",
     "TtyRenderer",
     "format_bytes",
+    "make_renderer",
     "open_renderer",
     "pump",
     "resolve_mode",
@@ -861,8 +862,11 @@ class TtyRenderer:
         """Draw the final frame and stop; then the failed steps' logs and the warnings."""
         if self._closed:
             return
-        self._draw(final=True)
-        self._live.stop()
+        if not self._started:
+            self._live.start(refresh=False)
+            self._started = True
+        self._live.update(self.frame(final=True), refresh=False)
+        self._live.stop()  # draws the final frame once more and leaves it
         self._closed = True
         parts: list[str] = []
         _print_error_logs(self._trace, parts.append)
@@ -1160,6 +1164,9 @@ def open_renderer(
     if resolved == "rawjson":
         return RawJsonRenderer(err)
     return NullRenderer()
+
+
+make_renderer = open_renderer  # the name the CLI's first draft used
 
 
 def pump(source: QueueReporter, renderer: Renderer, *, tick: float = TICK_SECONDS) -> None:
