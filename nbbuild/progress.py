@@ -18,7 +18,9 @@ Modes, as ``docker buildx build --progress``:
 
 Progress goes to stderr in every mode (as buildx), only ``quiet``'s image id to stdout.
 
-Renderers are not thread-safe: feed each from one thread (a queue hands events over).
+Renderers lock, so build threads may call ``emit`` directly (the CLI); a notebook must draw
+on its main thread, so there a :class:`~engine.events.QueueReporter` hands events over and
+:func:`pump` feeds the renderer.
 Time comes from an injectable clock (integer nanoseconds) so output is reproducible in tests.
 """
 
@@ -29,6 +31,7 @@ import math
 import os
 import re
 import sys
+import threading
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import IO, TYPE_CHECKING, Any, Protocol
@@ -44,6 +47,7 @@ from engine.events import (
     VertexLog,
     VertexProgress,
     VertexWarning,
+    event_to_line,
 )
 
 if TYPE_CHECKING:
@@ -717,34 +721,38 @@ class PlainRenderer:
         )
         self._limiter = _Limiter(self._clock)
         self._closed = False
+        self._lock = threading.RLock()
 
     def emit(self, event: Event) -> None:
         """Take one event; print when the display limiter allows (BuildKit's 100 ms)."""
-        if self._closed or isinstance(event, BuildStarted):
-            return
-        if isinstance(event, BuildFinished):
-            self.close()
-            return
-        self._trace.update(event)
-        if self._limiter.allow():
-            self.refresh()
+        with self._lock:
+            if self._closed or isinstance(event, BuildStarted):
+                return
+            if isinstance(event, BuildFinished):
+                self.close()
+                return
+            self._trace.update(event)
+            if self._limiter.allow():
+                self.refresh()
 
     def refresh(self) -> None:
         """Print what changed (BuildKit's ticker calls this after 150 ms of silence)."""
-        if self._closed:
-            return
-        self._mux.print(self._trace)
-        _flush(self._out)
+        with self._lock:
+            if self._closed:
+                return
+            self._mux.print(self._trace)
+            _flush(self._out)
 
     def close(self) -> None:
         """Print the rest, the failed steps' last log lines, and the warnings."""
-        if self._closed:
-            return
-        self.refresh()
-        self._closed = True
-        _print_error_logs(self._trace, self._out.write)
-        _print_warnings(self._out.write, self._trace.warnings)
-        _flush(self._out)
+        with self._lock:
+            if self._closed:
+                return
+            self.refresh()
+            self._closed = True
+            _print_error_logs(self._trace, self._out.write)
+            _print_warnings(self._out.write, self._trace.warnings)
+            _flush(self._out)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -840,39 +848,43 @@ class TtyRenderer:
         )
         self._started = False
         self._closed = False
+        self._lock = threading.RLock()
 
     def emit(self, event: Event) -> None:
         """Take one event; redraw when the display limiter allows."""
-        if self._closed or isinstance(event, BuildStarted):
-            return
-        if isinstance(event, BuildFinished):
-            self.close()
-            return
-        self._trace.update(event)
-        if self._limiter.allow():
-            self.refresh()
+        with self._lock:
+            if self._closed or isinstance(event, BuildStarted):
+                return
+            if isinstance(event, BuildFinished):
+                self.close()
+                return
+            self._trace.update(event)
+            if self._limiter.allow():
+                self.refresh()
 
     def refresh(self) -> None:
         """Redraw (the running times move on)."""
-        if self._closed:
-            return
-        self._draw(final=False)
+        with self._lock:
+            if self._closed:
+                return
+            self._draw(final=False)
 
     def close(self) -> None:
         """Draw the final frame and stop; then the failed steps' logs and the warnings."""
-        if self._closed:
-            return
-        if not self._started:
-            self._live.start(refresh=False)
-            self._started = True
-        self._live.update(self.frame(final=True), refresh=False)
-        self._live.stop()  # draws the final frame once more and leaves it
-        self._closed = True
-        parts: list[str] = []
-        _print_error_logs(self._trace, parts.append)
-        if parts:
-            self._console.out("".join(parts), highlight=False, end="")
-        self._warnings()
+        with self._lock:
+            if self._closed:
+                return
+            if not self._started:
+                self._live.start(refresh=False)
+                self._started = True
+            self._live.update(self.frame(final=True), refresh=False)
+            self._live.stop()  # draws the final frame once more and leaves it
+            self._closed = True
+            parts: list[str] = []
+            _print_error_logs(self._trace, parts.append)
+            if parts:
+                self._console.out("".join(parts), highlight=False, end="")
+            self._warnings()
 
     def _warnings(self) -> None:
         from rich.text import Text
@@ -1060,13 +1072,14 @@ class RawJsonRenderer:
 
     def __init__(self, out: IO[str] | None = None) -> None:
         self._out = out if out is not None else sys.stderr
+        self._lock = threading.Lock()
 
     def emit(self, event: Event) -> None:
         """Write ``event`` as one line."""
-        from engine.events import event_to_line
-
-        self._out.write(event_to_line(event) + "\n")
-        _flush(self._out)
+        line = event_to_line(event) + "\n"
+        with self._lock:  # whole lines even when several threads emit
+            self._out.write(line)
+            _flush(self._out)
 
     def refresh(self) -> None:
         """Nothing to redraw."""

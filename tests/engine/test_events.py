@@ -8,6 +8,7 @@ import subprocess
 import sys
 import threading
 import time
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -424,3 +425,16 @@ def test_events_module_imports_no_ui_modules() -> None:
     )
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert proc.stdout.strip() == ""
+
+
+def test_the_documented_examples_are_valid_events() -> None:
+    doc = Path(__file__).resolve().parents[2] / "docs" / "progress-events.md"
+    blocks = re.findall(r"```json\n(.*?)```", doc.read_text(encoding="utf-8"), re.S)
+    assert len(blocks) == 6
+    kinds = set()
+    for block in blocks:
+        event = event_from_line(block.replace("\n", ""))
+        kinds.add(event.type)
+        # the documented key order is the written order
+        assert list(json.loads(block.replace("\n", ""))) == list(event.to_json())
+    assert kinds == {"build_started", "vertex", "progress", "log", "warning", "build_finished"}

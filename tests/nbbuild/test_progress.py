@@ -892,3 +892,22 @@ def test_renderers_survive_any_plausible_stream_and_are_deterministic(
         feed(r, clock, ms, event)
     r.close()
     assert "[+] Building" in buf.getvalue()
+
+
+def test_rawjson_lines_stay_whole_when_threads_emit_at_once() -> None:
+    out = io.StringIO()
+    r = RawJsonRenderer(out)
+    v = vertex(1, "[1/1] RUN x")
+
+    def spam(n: int) -> None:
+        for i in range(300):
+            r.emit(log(v, i, f"{n}:{i}\n".encode() * 20))
+
+    threads = [threading.Thread(target=spam, args=(n,)) for n in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    lines = out.getvalue().splitlines()
+    assert len(lines) == 1200
+    assert all(isinstance(event_from_line(line), VertexLog) for line in lines)
