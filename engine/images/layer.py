@@ -99,18 +99,34 @@ class BlobInfo:
 
 
 class _HashingReader:
-    """Reads from ``src`` while hashing and counting the bytes read."""
+    """Reads from ``src`` while hashing and counting the bytes read.
+
+    The last bytes read are kept, so the block where ``tarfile`` stopped can be checked.
+    """
+
+    _TAIL = 1 << 16
 
     def __init__(self, src: BinaryIO) -> None:
         self._src = src
         self._hash = hashlib.sha256()
         self.size = 0
+        self._tail = bytearray()
 
     def read(self, n: int = -1, /) -> bytes:
         data = self._src.read(n)
         self._hash.update(data)
         self.size += len(data)
+        self._tail += data
+        if len(self._tail) > 2 * self._TAIL:
+            del self._tail[: -self._TAIL]
         return data
+
+    def block_at(self, offset: int) -> bytes | None:
+        """The 512 bytes at stream ``offset`` if still kept (b"" past the end)."""
+        start = offset - (self.size - len(self._tail))
+        if start < 0:
+            return None
+        return bytes(self._tail[start : start + 512])
 
     def drain(self) -> None:
         while self.read(_CHUNK):
@@ -399,6 +415,11 @@ def unpack_layer(
         ) as tar:
             for member in tar:
                 _unpack_member(tar, member, root, dirs, opaque_xattr)
+            # tarfile ends the iteration quietly at a corrupt header; only zeros (the end
+            # marker) or the end of the stream may follow the last entry
+            stop = reader.block_at(tar.offset)
+            if stop is None or stop.strip(b"\0"):
+                raise LayerError(f"invalid layer tar: corrupt header at offset {tar.offset}")
         reader.drain()
         # directory times last: creating their children changed them
         for host, atime_ns, mtime_ns in dirs:

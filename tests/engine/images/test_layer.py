@@ -407,3 +407,16 @@ def test_garbage_is_a_layer_error(tmp_path: Path) -> None:
         _unpack(b"this is not a tar archive at all" * 40, tmp_path / "out")
     with pytest.raises(LayerError, match="zstd"):
         open_layer_stream(io.BytesIO(b"\x28\xb5\x2f\xfd" + b"\0" * 20))
+
+
+def test_corrupt_header_mid_archive_is_not_a_silent_truncation(tmp_path: Path) -> None:
+    data = bytearray(_make_tar([("a", b"xyz", {}), ("b", b"xyz", {}), ("c", b"xyz", {})]))
+    # find the second header and damage its name field
+    offset = data.index(b"b\0", 512)
+    data[offset + 50] ^= 0xFF
+    with pytest.raises(LayerError, match="corrupt header"):
+        _unpack(bytes(data), tmp_path / "out")
+    # a tar that simply ends after an entry (no end-of-archive blocks) is fine
+    whole = _make_tar([("a", b"xyz", {})])
+    _unpack(whole[:1024], tmp_path / "short")
+    assert (tmp_path / "short" / "a").read_bytes() == b"xyz"
