@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -68,3 +70,77 @@ def busybox_tar(tmp_path_factory: pytest.TempPathFactory) -> Path:
     )
     assert proc.returncode == 0, proc.stderr
     return out
+
+
+DOCKER = "/usr/bin/docker"
+
+
+class Docker:
+    def __init__(self, sock: Path) -> None:
+        self.host = f"unix://{sock}"
+
+    def __call__(self, *args: str, check: bool = True) -> str:
+        proc = subprocess.run(
+            [DOCKER, "-H", self.host, *args], capture_output=True, text=True, timeout=300
+        )
+        if check and proc.returncode != 0:
+            raise AssertionError(f"docker {' '.join(args)}: {proc.stderr.strip()}")
+        return proc.stdout
+
+
+@pytest.fixture(scope="session")
+def docker() -> Iterator[Docker]:
+    """A private dockerd (Debian's docker.io, installed if missing) for the session: its own
+    data root and socket, no iptables, no bridge (like ../shared/tools/buildkit-oracle)."""
+    if os.geteuid() != 0:
+        pytest.fail("docker compatibility tests start a dockerd and need root")
+    ensure_packages("docker.io")
+    # short paths: the daemon's unix sockets must fit in 108 bytes
+    state = Path(f"/var/tmp/nbbuild-test-dockerd-{os.getpid()}")
+    shutil.rmtree(state, ignore_errors=True)
+    state.mkdir(parents=True)
+    sock = state / "docker.sock"
+    log = open(state / "dockerd.log", "wb")  # noqa: SIM115 - closed below
+    proc = subprocess.Popen(
+        [
+            "/usr/sbin/dockerd",
+            "--iptables=false",
+            "--bridge=none",
+            "--data-root",
+            str(state / "data"),
+            "--exec-root",
+            str(state / "exec"),
+            "--pidfile",
+            str(state / "dockerd.pid"),
+            "-H",
+            f"unix://{sock}",
+        ],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        stdin=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    client = Docker(sock)
+    try:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            if proc.poll() is not None:
+                break
+            if (
+                subprocess.run([DOCKER, "-H", client.host, "info"], capture_output=True).returncode
+                == 0
+            ):
+                break
+            time.sleep(0.25)
+        if subprocess.run([DOCKER, "-H", client.host, "info"], capture_output=True).returncode:
+            pytest.fail("dockerd did not start: " + (state / "dockerd.log").read_text()[-2000:])
+        yield client
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        log.close()
+        shutil.rmtree(state, ignore_errors=True)
