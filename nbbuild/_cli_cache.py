@@ -278,6 +278,8 @@ def _confirm(message: str) -> bool:
     sys.stdout.write(f"{message} [y/N] ")
     sys.stdout.flush()
     answer = sys.stdin.readline()
+    if not sys.stdin.isatty():
+        sys.stdout.write("\n")  # the answer was not echoed: end the prompt's line
     return answer.strip().lower() in ("y", "yes")
 
 

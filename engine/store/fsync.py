@@ -98,7 +98,10 @@ def fsync_tree(path: Path) -> None:
     Raises:
         StoreError: a file or directory cannot be flushed.
     """
-    st = os.lstat(path)
+    try:
+        st = os.lstat(path)
+    except OSError as exc:
+        raise StoreError(f"cannot sync {path}: {exc.strerror}") from None
     if stat.S_ISREG(st.st_mode):
         fsync_file(path)
         return

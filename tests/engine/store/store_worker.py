@@ -4,7 +4,7 @@ tests; not a test module).
     store_worker.py crashloop ROOT SEED        commit/lookup/prune forever (to be SIGKILLed)
     store_worker.py hold ROOT KEY              lease the result under KEY, print "held", wait
     store_worker.py hammer ROOT NAME ROUNDS    commit/lookup overlapping keys, print JSON lines
-    store_worker.py pruner ROOT SECONDS        prune in a loop
+    store_worker.py pruner ROOT STOPFILE       prune in a loop until STOPFILE exists
 """
 
 from __future__ import annotations
@@ -72,10 +72,10 @@ def crashloop(root: Path, seed: int) -> None:
                         steps=(StepRecord("d", "n", 1, "", 1, "RUN x", "k", "executed"),),
                     )
                 )
-        r = rng.random()
-        if r < 0.15:
+        roll = rng.random()
+        if roll < 0.15:
             prune(store, all=True)
-        elif r < 0.3:
+        elif roll < 0.3:
             prune(store, max_used_space=rng.randint(0, 2_000_000))
 
 
@@ -136,12 +136,11 @@ def hammer(root: Path, name: str, rounds: int) -> None:
             print(json.dumps(record), flush=True)
 
 
-def pruner(root: Path, seconds: float) -> None:
+def pruner(root: Path, stop: Path) -> None:
     rng = random.Random(0)
     store = Store.open(root)
-    end = time.monotonic() + seconds
     count = 0
-    while time.monotonic() < end:
+    while not stop.exists() or count == 0:
         if rng.random() < 0.5:
             prune(store, all=True)
         else:
@@ -159,7 +158,7 @@ def main(argv: list[str]) -> None:
     elif mode == "hammer":
         hammer(root, argv[2], int(argv[3]))
     elif mode == "pruner":
-        pruner(root, float(argv[2]))
+        pruner(root, Path(argv[2]))
     else:
         raise SystemExit(f"unknown mode {mode}")
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import stat
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -13,9 +14,9 @@ from engine.store.store import BuildRecord, Lease, Result, StepRecord, Store
 
 
 @pytest.fixture
-def store(tmp_path: Path) -> Store:
+def store(tmp_path: Path) -> Iterator[Store]:
     s = Store.open(tmp_path / "root")
-    yield s  # type: ignore[misc]
+    yield s
     s.close()
 
 
@@ -179,9 +180,7 @@ def test_commit_race_inside_transaction(store: Store, monkeypatch: pytest.Monkey
         winner: list[Result] = []
         started: list[bool] = []
 
-        from engine.store import store as store_module
-
-        real_syncfs = store_module.syncfs
+        from engine.store.fsync import syncfs as real_syncfs
 
         def syncfs_then_race(path: Path) -> None:
             real_syncfs(path)
