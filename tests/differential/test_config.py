@@ -1,0 +1,48 @@
+"""Image config and step names: nbbuild's against BuildKit's.
+
+Compared config fields: ``architecture``, ``os``, ``author`` and ``config``'s Env, Cmd,
+Entrypoint, WorkingDir, User, Labels, ExposedPorts, Volumes, StopSignal, Healthcheck, Shell and
+OnBuild (absent and null are equal). Excluded, and why: ``created`` and history timestamps
+(wall clock), ``rootfs.diff_ids`` (layer tars carry mtimes), history ``created_by`` strings
+(BuildKit 0.8's differ from current ones, e.g. 0.8 drops ``--chown`` and prints exec-form RUN
+unquoted), and the container-config fields BuildKit never sets (Hostname, Tty, Attach*, Image…).
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import Any
+
+import pytest
+
+harness: Any = sys.modules["nbbuild_differential_harness"]  # loaded by conftest.py
+
+CASES = harness.load_cases()
+
+
+def _why(case: Any) -> str:
+    text = f"case {case.name}: {case.description}"
+    if case.buildkit08:
+        text += f"\n(expected = current BuildKit, not 0.8: {case.buildkit08})"
+    return text
+
+
+@pytest.mark.parametrize("case", CASES, ids=lambda c: c.name)
+def test_image_config(case: Any, buildkit_case: Any, nbbuild_case: Any) -> None:
+    expected = buildkit_case(case)["config"]
+    actual = nbbuild_case(case)["config"]
+    assert actual == expected, _why(case)
+
+
+@pytest.mark.parametrize("case", CASES, ids=lambda c: c.name)
+def test_step_names(case: Any, buildkit_case: Any, nbbuild_case: Any) -> None:
+    """``[stage k/n] INSTRUCTION`` as BuildKit prints them (FROM lines excluded: BuildKit prints
+    one FROM vertex for identical bases, named after the first stage, with the resolved
+    reference, and 0.8 prints no digest)."""
+    expected = sorted(s["name"] for s in buildkit_case(case)["steps"] if not _is_from(s))
+    actual = sorted(s["name"] for s in nbbuild_case(case)["steps"] if not _is_from(s))
+    assert actual == expected, _why(case)
+
+
+def _is_from(step: dict[str, Any]) -> bool:
+    return bool(str(step["instruction"]).upper().startswith("FROM "))

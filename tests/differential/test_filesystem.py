@@ -1,0 +1,57 @@
+"""Final filesystems: nbbuild's ``--output type=local`` and ``type=tar`` against BuildKit's.
+
+BuildKit 0.8 is the oracle except where a case's ``case.toml`` says (``buildkit08``) that it
+differs from current BuildKit; there the expectation is BuildKit's result with the case's
+``[current]`` overrides, and the reason is printed with any failure.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from typing import Any
+
+import pytest
+
+harness: Any = sys.modules["nbbuild_differential_harness"]  # loaded by conftest.py
+
+CASES = harness.load_cases()
+
+
+def _why(case: Any) -> str:
+    text = f"case {case.name}: {case.description}"
+    if case.buildkit08:
+        text += f"\n(expected = current BuildKit, not 0.8: {case.buildkit08})"
+    return text
+
+
+def test_corpus_size() -> None:
+    assert len(CASES) >= 40, [c.name for c in CASES]
+
+
+@pytest.mark.parametrize("case", CASES, ids=lambda c: c.name)
+def test_buildkit_exports_agree(case: Any, buildkit_case: Any) -> None:
+    """Self-check of the harness and a BuildKit quirk: the local exporter writes exactly the tar
+    exporter's tree except that every entry belongs to the client (filesync resets uid/gid)."""
+    res = buildkit_case(case)
+    local, tar = res["local"], res["tar"]
+    assert harness.diff_manifests(harness.without_ownership(tar), harness.without_ownership(local)) == []
+    owners = {(e["uid"], e["gid"]) for e in local.values()}
+    assert owners <= {(os.getuid(), os.getgid())}
+
+
+@pytest.mark.parametrize("case", CASES, ids=lambda c: c.name)
+def test_local_output(case: Any, buildkit_case: Any, nbbuild_case: Any) -> None:
+    expected = buildkit_case(case)["local"]
+    actual = nbbuild_case(case)["local"]
+    diff = harness.diff_manifests(expected, actual)
+    assert not diff, _why(case) + "\n--output type=local differs:\n" + "\n".join(diff)
+
+
+@pytest.mark.parametrize("case", CASES, ids=lambda c: c.name)
+def test_tar_output(case: Any, buildkit_case: Any, nbbuild_case: Any) -> None:
+    """The tar output keeps owners: this is where --chown, USER and archive owners show."""
+    expected = buildkit_case(case)["tar"]
+    actual = nbbuild_case(case)["tar"]
+    diff = harness.diff_manifests(expected, actual)
+    assert not diff, _why(case) + "\n--output type=tar differs:\n" + "\n".join(diff)
