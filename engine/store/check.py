@@ -34,7 +34,8 @@ from pathlib import Path
 
 from engine.errors import StoreError
 from engine.store.leases import live_lease_ids, reclaim_stale
-from engine.store.store import Store, snapshot_roots
+from engine.store.roots import snapshot_roots
+from engine.store.store import Store
 from engine.store.trees import remove_tree
 
 __all__ = ["CheckReport", "Problem", "check"]

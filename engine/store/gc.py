@@ -50,7 +50,8 @@ from dataclasses import dataclass, field
 
 from engine.errors import UsageError
 from engine.store.leases import live_lease_ids, reclaim_stale
-from engine.store.store import Store, snapshot_roots
+from engine.store.roots import snapshot_roots
+from engine.store.store import Store
 from engine.store.trees import remove_tree
 
 __all__ = ["PruneReport", "UsageRecord", "calculate_keep_bytes", "disk_usage", "prune"]

@@ -34,24 +34,28 @@ GC roots outside the cache (local images) keep snapshots alive through
 
 from __future__ import annotations
 
-import dataclasses
-import json
 import os
 import re
 import sqlite3
-import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from engine.errors import StoreError
+from engine.store import history
 from engine.store.blobs import BlobStore
 from engine.store.fsync import fsync_dir, syncfs
+from engine.store.history import BuildRecord, StepRecord
 from engine.store.leases import create_lease, current_owner, drop_lease, reclaim_stale
 from engine.store.metadb import MetaDB, open_meta_db
+from engine.store.roots import (
+    SnapshotRoot,
+    register_snapshot_root,
+    snapshot_roots,
+    unregister_snapshot_root,
+)
 from engine.store.trees import new_id, remove_tree, tree_size
 
 __all__ = [
@@ -90,36 +94,6 @@ class Lease:
 
 
 @dataclass(frozen=True, slots=True)
-class StepRecord:
-    """One vertex of a recorded build (for history and "why did this re-run?")."""
-
-    digest: str
-    name: str
-    step: int | None
-    stage: str
-    line: int | None
-    instruction: str
-    key: str | None
-    status: str  # pending|running|cached|executed|failed|canceled|skipped
-    duration_ns: int = 0
-    saved_ns: int = 0  # for cached steps: the recorded execution time of the result reused
-    preimage: dict[str, Any] = field(default_factory=dict)
-
-
-@dataclass(frozen=True, slots=True)
-class BuildRecord:
-    """A build in the history."""
-
-    name: str
-    time_ns: int
-    target: str
-    status: str  # executed|failed|canceled
-    steps: tuple[StepRecord, ...]
-    tag: str = ""
-    context: str = ""
-
-
-@dataclass(frozen=True, slots=True)
 class SweepReport:
     """What a sweep removed: dead owners' leases, their unpublished dirs, partial blobs."""
 
@@ -127,50 +101,6 @@ class SweepReport:
     tmp_dirs: int = 0
     orphan_dirs: int = 0
     ingests: int = 0
-
-
-# -- GC roots outside the cache ------------------------------------------------------------
-
-SnapshotRoot = Callable[[sqlite3.Connection], set[str]]
-"""A function naming snapshot ids that must be kept (it runs inside GC's transaction)."""
-
-_roots: list[SnapshotRoot] = []
-_roots_lock = threading.Lock()
-
-
-def register_snapshot_root(fn: SnapshotRoot) -> None:
-    """Keep the snapshots ``fn(conn)`` names alive (e.g. the layers of local images).
-
-    ``fn`` runs inside the write transaction of every prune and check, so what it reads is
-    consistent with what GC deletes. It must be registered in every process that prunes; a
-    table ``image_layers(snapshot_id)`` in ``meta.db`` is honoured by every process without
-    registration, which makes it the safer way for a persistent store of references.
-    """
-    with _roots_lock:
-        if fn not in _roots:
-            _roots.append(fn)
-
-
-def unregister_snapshot_root(fn: SnapshotRoot) -> None:
-    """Undo :func:`register_snapshot_root`."""
-    with _roots_lock:
-        if fn in _roots:
-            _roots.remove(fn)
-
-
-def snapshot_roots(conn: sqlite3.Connection) -> set[str]:
-    """Every snapshot id kept alive from outside the cache (images)."""
-    ids: set[str] = set()
-    has_table = conn.execute(
-        "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'image_layers'"
-    ).fetchone()
-    if has_table:
-        ids.update(r[0] for r in conn.execute("SELECT snapshot_id FROM image_layers"))
-    with _roots_lock:
-        hooks = list(_roots)
-    for fn in hooks:
-        ids.update(fn(conn))
-    return ids
 
 
 # -- the store ------------------------------------------------------------------------------
@@ -305,6 +235,19 @@ class Store:
         with self.db.reading() as conn:
             row = conn.execute("SELECT size FROM snapshots WHERE id = ?", (snapshot_id,)).fetchone()
         return None if row is None else int(row[0])
+
+    def snapshot_diff_id(self, snapshot_id: str) -> str | None:
+        """The remembered digest of the snapshot's uncompressed layer tar (None: not known)."""
+        with self.db.reading() as conn:
+            row = conn.execute(
+                "SELECT diff_id FROM snapshots WHERE id = ?", (snapshot_id,)
+            ).fetchone()
+        return None if row is None or row[0] is None else str(row[0])
+
+    def set_snapshot_diff_id(self, snapshot_id: str, diff_id: str) -> None:
+        """Remember the digest of the snapshot's layer tar (exporters compute it once)."""
+        with self.db.transaction() as conn:
+            conn.execute("UPDATE snapshots SET diff_id = ? WHERE id = ?", (diff_id, snapshot_id))
 
     # -- results --------------------------------------------------------------------------
 
@@ -453,40 +396,18 @@ class Store:
 
     def record_build(self, record: BuildRecord) -> None:
         """Append a build to the history."""
-        steps = json.dumps([dataclasses.asdict(s) for s in record.steps], sort_keys=True)
         with self.db.transaction() as conn:
-            conn.execute(
-                "INSERT INTO builds (name, time_ns, target, tag, context, status, steps) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?)",
-                (
-                    record.name,
-                    record.time_ns,
-                    record.target,
-                    record.tag,
-                    record.context,
-                    record.status,
-                    steps,
-                ),
-            )
+            history.record_build(conn, record)
 
     def last_build(self, name: str) -> BuildRecord | None:
         """The most recent build recorded under ``name``."""
         with self.db.reading() as conn:
-            row = conn.execute(
-                f"SELECT {_BUILD_COLUMNS} FROM builds WHERE name = ? "
-                "ORDER BY time_ns DESC, id DESC LIMIT 1",
-                (name,),
-            ).fetchone()
-        return None if row is None else _build_from_row(row)
+            return history.last_build(conn, name)
 
     def builds(self, limit: int = 50) -> list[BuildRecord]:
         """The most recent builds, newest first."""
         with self.db.reading() as conn:
-            rows = conn.execute(
-                f"SELECT {_BUILD_COLUMNS} FROM builds ORDER BY time_ns DESC, id DESC LIMIT ?",
-                (limit,),
-            ).fetchall()
-        return [_build_from_row(r) for r in rows]
+            return history.builds(conn, limit)
 
     # -- sweeping -------------------------------------------------------------------------
 
@@ -638,27 +559,6 @@ class Store:
             "INSERT INTO lease_results (lease_id, result_id) VALUES (?, ?)", (lease.id, result_id)
         )
         return Result(result_id, layers, exec_ns, now, description)
-
-
-_BUILD_COLUMNS = "name, time_ns, target, tag, context, status, steps"
-_STEP_FIELDS = {f.name for f in dataclasses.fields(StepRecord)}
-
-
-def _build_from_row(row: tuple[Any, ...]) -> BuildRecord:
-    name, time_ns, target, tag, context, status, steps_json = row
-    steps = tuple(
-        StepRecord(**{k: v for k, v in step.items() if k in _STEP_FIELDS})
-        for step in json.loads(steps_json)
-    )
-    return BuildRecord(
-        name=name,
-        time_ns=int(time_ns),
-        target=target,
-        status=status,
-        steps=steps,
-        tag=tag,
-        context=context,
-    )
 
 
 def _listdir(path: Path) -> list[str]:

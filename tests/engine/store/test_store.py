@@ -273,6 +273,16 @@ def test_snapshot_size_recorded(store: Store) -> None:
     assert store.snapshot_size("nosuch") is None
 
 
+def test_snapshot_diff_id(store: Store) -> None:
+    with store.lease() as lease:
+        r = commit(store, lease, ["k"])
+    assert store.snapshot_diff_id(r.layers[0]) is None
+    store.set_snapshot_diff_id(r.layers[0], "sha256:" + "d" * 64)
+    with Store.open(store.root) as again:
+        assert again.snapshot_diff_id(r.layers[0]) == "sha256:" + "d" * 64
+    assert store.snapshot_diff_id("nosuch") is None
+
+
 def test_history_round_trip(store: Store) -> None:
     step = StepRecord(
         digest="sha256:d",
