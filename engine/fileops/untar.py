@@ -157,10 +157,9 @@ class _Extractor:
                 self.mkdir_parents(parent)
             parent_rel = self.resolve(parent, True)
             pst = self.upper.lstat(parent_rel)
-            if pst is None:
-                raise os_error("open", display(f"{parent_rel}/{leaf}".lstrip("/")), 2)
-            if not stat.S_ISDIR(pst.st_mode):
-                raise os_error("open", display(f"{parent_rel}/{leaf}".lstrip("/")), 20)
+            if pst is None or not stat.S_ISDIR(pst.st_mode):
+                # As the kernel would say in the chroot, about the entry's own name.
+                raise os_error("open", display(inside), 2 if pst is None else 20)
             path = f"{parent_rel}/{leaf}" if parent_rel else leaf
             existing = self.upper.lstat(path)
             if existing is not None and not (stat.S_ISDIR(existing.st_mode) and is_dir):
@@ -188,7 +187,10 @@ class _Extractor:
         elif member.islnk():
             link_target = self.resolve(member.linkname, False)
             if upper.lstat(link_target) is None:
-                raise os_error("link", display(link_target), 2)
+                # Go's *LinkError, with both names as the chroot sees them.
+                old = go_clean("/" + member.linkname)
+                new = display(path[len(self.base) :].lstrip("/"))
+                raise FileOpError(f"link {old} {new}: no such file or directory")
             upper.link(link_target, path)
         elif member.ischr() or member.isblk():
             kind = stat.S_IFCHR if member.ischr() else stat.S_IFBLK
