@@ -37,9 +37,15 @@ case "$cmd" in
       # only the dockerd we started: the pid must still be a dockerd using our socket
       if [ -r "/proc/$pid/cmdline" ] && tr '\0' ' ' < "/proc/$pid/cmdline" | grep -q -- "$SOCK"; then
         kill "$pid" 2>/dev/null || true
-        for _ in $(seq 100); do [ -d "/proc/$pid" ] || break; sleep 0.1; done
+        for _ in $(seq 300); do [ -d "/proc/$pid" ] || break; sleep 0.1; done
       fi
       rm -f "$STATE/dockerd.pid"
+    fi
+    # dockerd leaves its data root bind-mounted on itself: unmount what lies under $STATE (deepest
+    # first) once no daemon uses it, so the state dir can be removed and the next start is clean
+    if ! running; then
+      awk -v s="$STATE/" 'index($5, s) == 1 { print $5 }' /proc/self/mountinfo | sort -r |
+        while read -r m; do umount "$m" 2>/dev/null || umount -l "$m" 2>/dev/null || true; done
     fi
     exit 0 ;;
   start) ;;

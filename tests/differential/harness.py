@@ -150,7 +150,8 @@ class Case:
     git cannot hold); ``buildkit08`` (why BuildKit 0.8 is not the reference for this case) with
     ``[current]`` overrides applied to the BuildKit result: ``config`` (fields replaced) and
     ``files`` (per-path fields replaced, ``content`` for new bytes, or ``{}`` to drop the path)
-    and ``steps`` (old step name → current step name).
+    and ``steps`` (old step name → current step name); ``[images]`` (tag → subdirectory): base
+    images each side builds first with its own builder (the subdirectories are not context).
     """
 
     name: str
@@ -161,10 +162,20 @@ class Case:
     prepare: str = ""
     buildkit08: str = ""
     current: Mapping[str, Any] = field(default_factory=dict)
+    images: Mapping[str, str] = field(default_factory=dict)
 
     @property
     def tag(self) -> str:
         return TAG_PREFIX + self.name
+
+    def image_contexts(self, dest: Path) -> list[tuple[str, Path]]:
+        """(tag, context) of the base images to build first, each side with its own builder."""
+        out = []
+        for tag, sub in sorted(self.images.items()):
+            ctx = dest / f"image-{sub}"
+            _copy_context(self.path / sub, ctx, skip=set())
+            out.append((tag, ctx))
+        return out
 
     def key(self) -> str:
         h = hashlib.sha256(f"case v{HARNESS_VERSION} {_base_digest()}\0".encode())
@@ -172,8 +183,8 @@ class Case:
         return h.hexdigest()[:24]
 
     def materialize(self, dest: Path) -> Path:
-        """Copy the context to ``dest`` (without case.toml) and run ``prepare`` there."""
-        _copy_context(self.path, dest, skip={"case.toml"})
+        """Copy the context to ``dest`` (without case.toml and image dirs), run ``prepare`` there."""
+        _copy_context(self.path, dest, skip={"case.toml", *self.images.values()})
         if self.prepare:
             run(["sh", "-euc", self.prepare], cwd=dest)
         return dest
@@ -207,6 +218,7 @@ def load_cases() -> list[Case]:
                 prepare=meta.get("prepare", ""),
                 buildkit08=meta.get("buildkit08", ""),
                 current=dict(meta.get("current", {})),
+                images=dict(meta.get("images", {})),
             )
         )
     return cases
@@ -778,6 +790,8 @@ class Oracle:
             ctx = case.materialize(tmpd / "context")
             opts = BuildOpts(build_args=case.build_args, target=case.target)
             t0 = time.monotonic()
+            for tag, image_ctx in case.image_contexts(tmpd):
+                self.build(image_ctx, tag=tag)
             log = self.build(ctx, tag=case.tag, opts=opts)
             config = self.image_config(case.tag)
             self.build(ctx, output=f"type=local,dest={tmpd / 'local'}", opts=opts)
@@ -897,6 +911,8 @@ class NbbuildSide:
         ctx = case.materialize(workdir / "context")
         opts = BuildOpts(build_args=case.build_args, target=case.target)
         t0 = time.monotonic()
+        for tag, image_ctx in case.image_contexts(workdir):
+            self.build(image_ctx, tag=tag)
         log, meta = self.build(ctx, tag=case.tag, outputs=[f"type=local,dest={workdir / 'local'}"],
                                opts=opts, metadata=workdir / "metadata.json")
         config = self.image_config(case.tag)

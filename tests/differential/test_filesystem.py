@@ -55,3 +55,19 @@ def test_tar_output(case: Any, buildkit_case: Any, nbbuild_case: Any) -> None:
     actual = nbbuild_case(case)["tar"]
     diff = harness.diff_manifests(expected, actual)
     assert not diff, _why(case) + "\n--output type=tar differs:\n" + "\n".join(diff)
+
+
+@pytest.mark.parametrize("case", [c for c in CASES if c.current], ids=lambda c: c.name)
+def test_current_overrides_name_what_buildkit_08_did(case: Any, oracle: Any) -> None:
+    """Every ``[current]`` override changes something BuildKit 0.8 really produced (no typos)."""
+    raw = oracle.case_result(case)
+    assert case.buildkit08, f"{case.name}: [current] overrides need a buildkit08 reason"
+    for path in case.current.get("files", {}):
+        assert path in raw["tar"], f"{case.name}: {path} is not in BuildKit's output"
+    names = {s["name"] for s in raw["steps"]}
+    for old in case.current.get("steps", {}):
+        assert old in names, f"{case.name}: BuildKit printed no step {old!r}"
+    for key in case.current.get("config", {}):
+        assert key in harness.TOP_FIELDS or key in harness.CONFIG_FIELDS, key
+    patched = harness.apply_current_overrides(case, raw)
+    assert patched != raw
