@@ -145,7 +145,8 @@ def _base_digest() -> str:
 class Case:
     """One corpus entry: ``cases/<name>/`` = Dockerfile + context files + optional case.toml.
 
-    case.toml keys: ``description``; ``build_args`` (table); ``target``; ``prepare`` (shell run
+    case.toml keys: ``description``; ``build_args`` (table); ``target``; ``dockerfile`` (path
+    in the context, passed as ``-f``; default ``Dockerfile``); ``prepare`` (shell run
     in the context copy before building: symlinks, hardlinks, modes, archives, odd names — what
     git cannot hold); ``buildkit08`` (why BuildKit 0.8 is not the reference for this case) with
     ``[current]`` overrides applied to the BuildKit result: ``config`` (fields replaced) and
@@ -159,6 +160,7 @@ class Case:
     description: str = ""
     build_args: Mapping[str, str] = field(default_factory=dict)
     target: str = ""
+    dockerfile: str = ""
     prepare: str = ""
     buildkit08: str = ""
     current: Mapping[str, Any] = field(default_factory=dict)
@@ -215,6 +217,7 @@ def load_cases() -> list[Case]:
                 description=meta.get("description", ""),
                 build_args=dict(meta.get("build_args", {})),
                 target=meta.get("target", ""),
+                dockerfile=meta.get("dockerfile", ""),
                 prepare=meta.get("prepare", ""),
                 buildkit08=meta.get("buildkit08", ""),
                 current=dict(meta.get("current", {})),
@@ -229,6 +232,7 @@ class BuildOpts:
     build_args: Mapping[str, str] = field(default_factory=dict)
     target: str = ""
     no_cache: bool = False
+    dockerfile: str = ""  # relative to the context; "" = CONTEXT/Dockerfile
 
 
 @dataclass(frozen=True)
@@ -276,6 +280,7 @@ def _opts(table: Mapping[str, Any]) -> BuildOpts:
         build_args=dict(table.get("build_args", {})),
         target=table.get("target", ""),
         no_cache=bool(table.get("no_cache", False)),
+        dockerfile=table.get("dockerfile", ""),
     )
 
 
@@ -762,6 +767,8 @@ class Oracle:
             argv += ["--target", opts.target]
         if opts.no_cache:
             argv.append("--no-cache")
+        if opts.dockerfile:
+            argv += ["-f", str(context / opts.dockerfile)]
         argv.append(str(context))
         t0 = time.monotonic()
         proc = self.docker(*argv)
@@ -788,7 +795,7 @@ class Oracle:
         with _locked(STATE / "build.lock"), tempfile.TemporaryDirectory(prefix="nbbuild-oracle.") as tmp:
             tmpd = Path(tmp)
             ctx = case.materialize(tmpd / "context")
-            opts = BuildOpts(build_args=case.build_args, target=case.target)
+            opts = BuildOpts(build_args=case.build_args, target=case.target, dockerfile=case.dockerfile)
             t0 = time.monotonic()
             for tag, image_ctx in case.image_contexts(tmpd):
                 self.build(image_ctx, tag=tag)
@@ -880,6 +887,8 @@ class NbbuildSide:
             argv += ["--target", opts.target]
         if opts.no_cache:
             argv.append("--no-cache")
+        if opts.dockerfile:
+            argv += ["-f", str(context / opts.dockerfile)]
         if metadata is not None:
             argv += ["--metadata-file", str(metadata)]
         argv.append(str(context))
@@ -909,7 +918,7 @@ class NbbuildSide:
 
     def case_result(self, case: Case, workdir: Path) -> dict[str, Any]:
         ctx = case.materialize(workdir / "context")
-        opts = BuildOpts(build_args=case.build_args, target=case.target)
+        opts = BuildOpts(build_args=case.build_args, target=case.target, dockerfile=case.dockerfile)
         t0 = time.monotonic()
         for tag, image_ctx in case.image_contexts(workdir):
             self.build(image_ctx, tag=tag)
