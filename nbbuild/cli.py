@@ -64,6 +64,12 @@ def _parser() -> argparse.ArgumentParser:
         "--root", default=None, help="store directory (default $NBBUILD_ROOT or ~/.cache/nbbuild)"
     )
     p.set_defaults(run=_cmd_plan)
+
+    from nbbuild import _cli_build, _cli_cache, _cli_image
+
+    _cli_build.register(sub, _key_value)
+    _cli_image.register(sub)
+    _cli_cache.register(sub)
     return parser
 
 
@@ -125,6 +131,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         sys.stderr.write("interrupted\n")
         return 130
+    except BrokenPipeError:
+        # `nbbuild cache du | head`: the reader went away; that is not an error of ours.
+        import os
+
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 0
 
 
 if __name__ == "__main__":  # pragma: no cover

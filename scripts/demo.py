@@ -1,54 +1,94 @@
-"""`make demo` (until execution lands): plan the example, edit it, and show which keys change.
+"""``make demo``: the main job on the embedded engine, on a fresh machine as root.
 
-This is the cache-key half of the demo; the build half (run, rebuild cached, edit, rebuild)
-arrives with execution.
+1. makes a busybox base image from Debian's ``busybox-static`` and imports it
+   (``nbbuild image import``: there is no Docker Hub here);
+2. builds the dependency-first example (manifest first, dependency step, then sources, the
+   artifact copied into a small final stage);
+3. rebuilds it (everything cached), edits a source file and rebuilds (only the steps after
+   ``COPY . .`` run), edits the manifest and rebuilds (the dependency step runs too);
+4. prints what ran and what hit, with times.
 """
 
 from __future__ import annotations
 
+import os
 import shutil
+import subprocess
 import sys
 import tempfile
 from pathlib import Path
 
-from engine.digest import short
-from engine.plan import Plan, PlanRequest, plan
+from engine.build import BuildRequest, BuildResult, build
 
-EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "depfirst"
-
-
-def step_keys(ctx: Path, store: Path) -> tuple[Plan, dict[str, str | None]]:
-    result = plan(PlanRequest((ctx / "Dockerfile").read_text(), ctx), store_root=store)
-    keys = {
-        v.meta.name: result.keys[v.digest].cache_key
-        for v in result.definition.vertices
-        if v.meta.step is not None
-    }
-    return result, keys
+REPO = Path(__file__).resolve().parents[1]
+EXAMPLE = REPO / "examples" / "depfirst"
 
 
-def show(title: str, before: dict[str, str | None], after: dict[str, str | None]) -> None:
+def base_image(root: Path, work: Path) -> None:
+    """Import a busybox rootfs as ``busybox:latest`` (once per store)."""
+    from engine.images.store import ImageStore
+    from engine.store.store import Store
+
+    store = Store.open(root)
+    try:
+        if ImageStore(store).get("busybox") is not None:
+            return
+    finally:
+        store.close()
+    tar = work / "busybox-rootfs.tar"
+    subprocess.run(["bash", str(REPO / "scripts" / "busybox-rootfs.sh"), str(work / "rootfs"), str(tar)], check=True)
+    subprocess.run(
+        [sys.executable, "-m", "nbbuild", "image", "import", "--root", str(root), str(tar), "busybox:latest"],
+        check=True,
+    )
+
+
+def run(ctx: Path, root: Path) -> BuildResult:
+    request = BuildRequest(
+        dockerfile=(ctx / "Dockerfile").read_text(),
+        context=ctx,
+        dockerfile_path=ctx / "Dockerfile",
+        tags=("demo:latest",),
+    )
+    return build(request, root=root)
+
+
+def table(title: str, result: BuildResult) -> None:
     print(f"\n== {title}")
-    for name, key in after.items():
-        mark = "new    " if not before else "same   " if before.get(name) == key else "CHANGED"
-        print(f"  {mark}  {short(key) if key else '-':<12}  {name}")
+    ran = hit = 0
+    saved = 0.0
+    for s in result.steps:
+        if s.step is None:
+            continue
+        if s.status == "executed":
+            ran += 1
+            what = f"ran    {s.duration_ns / 1e9:6.2f}s"
+        elif s.status == "cached":
+            hit += 1
+            saved += s.saved_ns / 1e9
+            what = f"CACHED (saved {s.saved_ns / 1e9:.2f}s)"
+        else:
+            what = s.status
+        print(f"  {what:<24} {s.name}")
+    print(f"  -> {ran} ran, {hit} cached, {saved:.2f}s of work reused")
 
 
 def main() -> int:
-    with tempfile.TemporaryDirectory() as tmp:
-        ctx = Path(tmp) / "depfirst"
+    if os.geteuid() != 0:
+        print("make demo needs root (rootless builds arrive later)", file=sys.stderr)
+        return 1
+    with tempfile.TemporaryDirectory(prefix="nbbuild-demo-") as tmp:
+        work = Path(tmp)
+        root = Path(os.environ.get("NBBUILD_ROOT") or work / "store")
+        ctx = work / "depfirst"
         shutil.copytree(EXAMPLE, ctx)
-        store = Path(tmp) / "store"
-        _, first = step_keys(ctx, store)
-        show("first plan", {}, first)
-        _, again = step_keys(ctx, store)
-        show("plan again, nothing edited (all keys equal: everything would be cached)", first, again)
+        base_image(root, work)
+        table("first build", run(ctx, root))
+        table("rebuild, nothing changed", run(ctx, root))
         (ctx / "src" / "main.txt").write_text('print("hello, edited")\n')
-        _, edited = step_keys(ctx, store)
-        show("after editing src/main.txt (only the steps after `COPY . .` change)", again, edited)
+        table("after editing src/main.txt", run(ctx, root))
         (ctx / "requirements.txt").write_text("numpy\npandas\nscipy\n")
-        _, manifest = step_keys(ctx, store)
-        show("after editing requirements.txt (the dependency step changes too)", edited, manifest)
+        table("after editing requirements.txt", run(ctx, root))
     return 0
 
 

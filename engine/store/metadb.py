@@ -200,6 +200,13 @@ def _m006_quarantine(conn: sqlite3.Connection) -> None:
     )
 
 
+def _m007_images(conn: sqlite3.Connection) -> None:
+    # The local image store's tables live with the image store (engine/images/store.py).
+    from engine.images.store import migration_images
+
+    migration_images(conn)
+
+
 MIGRATIONS: list[Migration] = [
     _m001_stat_cache,
     _m002_preimages,
@@ -207,6 +214,7 @@ MIGRATIONS: list[Migration] = [
     _m004_leases,
     _m005_builds,
     _m006_quarantine,
+    _m007_images,
 ]
 
 

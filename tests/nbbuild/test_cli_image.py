@@ -11,18 +11,9 @@ from pathlib import Path
 import pytest
 
 from engine.errors import NbbuildError
-from engine.images.store import migration_images
-from engine.store import metadb
 from nbbuild._cli_image import register
 
 REPO = Path(__file__).resolve().parents[2]
-
-
-@pytest.fixture(autouse=True)
-def _image_tables(monkeypatch: pytest.MonkeyPatch) -> None:
-    # Until the integrator appends migration_images to MIGRATIONS, add it for these tests.
-    if migration_images not in metadb.MIGRATIONS:
-        monkeypatch.setattr(metadb, "MIGRATIONS", [*metadb.MIGRATIONS, migration_images])
 
 
 @pytest.fixture(scope="module")

@@ -7,16 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from engine.images.store import ImageStore, migration_images
-from engine.store import metadb
+from engine.images.store import ImageStore
 from engine.store.store import Store
-
-
-@pytest.fixture(autouse=True)
-def _image_tables(monkeypatch: pytest.MonkeyPatch) -> None:
-    # Until the integrator appends migration_images to MIGRATIONS, add it for these tests.
-    if migration_images not in metadb.MIGRATIONS:
-        monkeypatch.setattr(metadb, "MIGRATIONS", [*metadb.MIGRATIONS, migration_images])
 
 
 @pytest.fixture

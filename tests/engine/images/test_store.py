@@ -164,11 +164,10 @@ def test_put_refuses_unknown_layers(store: Store, images: ImageStore) -> None:
 
 
 def test_missing_migration_is_reported(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from engine.images.store import migration_images
     from engine.store import metadb
 
     monkeypatch.setattr(
-        metadb, "MIGRATIONS", [m for m in metadb.MIGRATIONS if m is not migration_images]
+        metadb, "MIGRATIONS", [m for m in metadb.MIGRATIONS if m is not metadb._m007_images]
     )
     with (
         Store.open(tmp_path / "bare") as store,

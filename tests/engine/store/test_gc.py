@@ -261,16 +261,16 @@ def test_shared_with_images_needs_all(store: Store) -> None:
 
 
 def test_image_layers_table_is_a_root(store: Store) -> None:
+    from engine.images.store import ImageStore
+
     with store.lease() as lease:
         img = add(store, lease, "img", 1000)
-    with store.db.transaction() as conn:
-        conn.execute("CREATE TABLE image_layers (image TEXT, snapshot_id TEXT)")
-        conn.execute("INSERT INTO image_layers VALUES ('app', ?)", (img.layers[0],))
+    images = ImageStore(store)
+    images.put("app", layers=img.layers, config={"os": "linux", "architecture": "amd64", "config": {}})
     assert prune(store).removed == ()
     prune(store, all=True)
     assert snapshot_dirs(store) == set(img.layers)
-    with store.db.transaction() as conn:
-        conn.execute("DELETE FROM image_layers")
+    images.remove("app")
     prune(store)
     assert snapshot_dirs(store) == set()
 

@@ -1,0 +1,403 @@
+"""The engine's build API: a request in, a result with every vertex's story out.
+
+``build()`` is what the CLI (``nbbuild build``) and the notebook call. It plans (the same keys
+``nbbuild plan`` prints), solves against the persistent store, records the build in the history,
+tags and exports the result, and reports progress events all along.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+import threading
+import time
+import uuid
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from engine.cache.keys import compute_keys
+from engine.cache.preimages import record_preimages
+from engine.context.source import ContextHasher
+from engine.errors import BuildCanceled, NbbuildError, UsageError
+from engine.events import (
+    BuildFinished,
+    BuildStarted,
+    Event,
+    NullReporter,
+    Reporter,
+    VertexEvent,
+    VertexLog,
+)
+from engine.frontend.convert import BuildOptions, convert
+from engine.frontend.parser import parse
+from engine.graph.ops import ContentSpec, LocalSource
+from engine.graph.vertex import Definition, Vertex
+from engine.solver.runner import OpRunner
+from engine.solver.solver import Solver, VertexState
+from engine.store.store import BuildRecord, StepRecord, Store
+
+__all__ = ["BuildRequest", "BuildResult", "OutputSpec", "StepResult", "build"]
+
+
+@dataclass(frozen=True, slots=True)
+class OutputSpec:
+    """One ``--output``: ``type=local|tar|oci|docker`` with its attributes."""
+
+    type: str
+    dest: str
+    attrs: tuple[tuple[str, str], ...] = ()
+
+    @classmethod
+    def parse(cls, text: str) -> OutputSpec:
+        """Parse buildx's ``type=local,dest=out`` (a bare path means ``type=local``).
+
+        Raises:
+            UsageError: unknown type or missing ``dest``.
+        """
+        if "=" not in text:
+            return cls("local", text)
+        fields: dict[str, str] = {}
+        for part in text.split(","):
+            key, sep, value = part.partition("=")
+            if not sep:
+                raise UsageError(f"invalid output {text!r}: {part!r} is not key=value")
+            fields[key.strip()] = value
+        kind = fields.pop("type", "local")
+        if kind not in ("local", "tar", "oci", "docker", "image"):
+            raise UsageError(f"unsupported output type {kind!r} (local, tar, oci, docker, image)")
+        dest = fields.pop("dest", "")
+        if not dest and kind != "image":
+            raise UsageError(f"output type={kind} needs dest=")
+        return cls(kind, dest, tuple(sorted(fields.items())))
+
+
+@dataclass(frozen=True, slots=True)
+class BuildRequest:
+    """Everything a build takes (buildx's flags)."""
+
+    dockerfile: str
+    context: Path
+    dockerfile_name: str = "Dockerfile"
+    dockerfile_path: Path | None = None
+    target: str = ""
+    build_args: Mapping[str, str] = field(default_factory=dict)
+    build_contexts: Mapping[str, str] = field(default_factory=dict)
+    no_cache: bool = False
+    no_cache_filter: tuple[str, ...] = ()
+    labels: Mapping[str, str] = field(default_factory=dict)
+    tags: tuple[str, ...] = ()
+    outputs: tuple[OutputSpec, ...] = ()
+    allow: frozenset[str] = frozenset()
+    network: str | None = None  # default network for RUN: default|none|host
+    name: str = ""  # build name for history; default: the tag, else context dir + target
+
+
+@dataclass(frozen=True, slots=True)
+class StepResult:
+    """One vertex of a finished build."""
+
+    digest: str
+    name: str
+    step: int | None
+    stage: str
+    line: int | None
+    instruction: str
+    key: str | None
+    keys: tuple[str, ...]
+    preimage: Mapping[str, Any]
+    status: str
+    started_ns: int
+    duration_ns: int
+    saved_ns: int
+    logs: bytes
+    error: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class BuildResult:
+    """A finished build."""
+
+    name: str
+    target: str
+    steps: tuple[StepResult, ...]
+    definition: Definition
+    config: Mapping[str, Any]  # the OCI image config of the target
+    layers: tuple[str, ...]  # the target's layer chain (snapshot ids)
+    image_id: str | None = None
+    tags: tuple[str, ...] = ()
+
+    def step(self, name_prefix: str) -> StepResult:
+        """The step whose name starts with ``name_prefix`` (``"[builder 4/6]"``)."""
+        for s in self.steps:
+            if s.name.startswith(name_prefix):
+                return s
+        raise KeyError(name_prefix)
+
+
+def default_build_name(request: BuildRequest) -> str:
+    """The tag if given, else the context directory's name and the target."""
+    if request.name:
+        return request.name
+    if request.tags:
+        return request.tags[0]
+    base = Path(os.path.abspath(request.context)).name or "context"
+    return f"{base}:{request.target}" if request.target else base
+
+
+def build(
+    request: BuildRequest,
+    *,
+    root: Path,
+    reporter: Reporter | None = None,
+    cancel: threading.Event | None = None,
+) -> BuildResult:
+    """Build ``request`` with the embedded engine into the store at ``root``.
+
+    Raises:
+        DockerfileError: the Dockerfile is not valid.
+        ContextError: the context cannot be read.
+        StepFailed: a step failed (names the step, line, exit code and last log lines).
+        BuildCanceled: ``cancel`` was set; the store is left consistent.
+        NbbuildError: any other failure.
+    """
+    from engine.executor.runtime import find_runtime
+    from engine.images.store import ImageStore, resolver
+
+    reporter = reporter or NullReporter()
+    cancel = cancel or threading.Event()
+    if not request.context.is_dir():
+        raise UsageError(f"build context {str(request.context)!r} is not a directory")
+    name = default_build_name(request)
+    build_id = uuid.uuid4().hex
+    store = Store.open(root)
+    try:
+        images = ImageStore(store)
+        dockerfile = parse(request.dockerfile, filename=request.dockerfile_name)
+        options = BuildOptions(
+            target=request.target,
+            build_args=dict(request.build_args),
+            build_contexts=dict(request.build_contexts),
+            no_cache=request.no_cache,
+            no_cache_filter=request.no_cache_filter,
+            labels=dict(request.labels),
+            context_dir=str(request.context.resolve()),
+        )
+        definition = convert(dockerfile, options, resolve_image=resolver(images))
+        if request.network:
+            definition = _with_network(definition, request.network)
+        hasher = ContextHasher(store_root=root, dockerfile_path=request.dockerfile_path)
+        workdir = Path(tempfile.mkdtemp(prefix="build-", dir=root))
+        started = time.time_ns()
+        reporter.emit(BuildStarted(build_id=build_id, name=name, target=definition.target_stage, time_ns=started))
+        states: dict[str, VertexState] = {}
+        try:
+            by_digest = definition.by_digest()
+
+            def resolve_content(vertex: Vertex, index: int, spec: ContentSpec) -> str | None:
+                source = by_digest[vertex.inputs[index]]
+                if isinstance(source.op, LocalSource):
+                    return hasher.checksum(source.op, spec)
+                return None
+
+            fast_keys = compute_keys(definition, resolve_content)
+            if hasher.db is not None:
+                record_preimages(hasher.db, fast_keys.values())
+
+            def on_change(vertex: Vertex, state: VertexState) -> None:
+                reporter.emit(_vertex_event(vertex, state, fast_keys[vertex.digest].preimage))
+
+            def on_log(vertex: Vertex, stream: int, data: bytes) -> None:
+                reporter.emit(VertexLog(digest=vertex.digest, stream=stream, data=data, time_ns=time.time_ns()))
+
+            try:
+                executor = _executor(find_runtime)
+            except NbbuildError:
+                executor = None
+            runner = OpRunner(
+                store,
+                images,
+                executor,
+                allow=request.allow,
+                filename=request.dockerfile_name,
+                on_log=on_log,
+                workdir=workdir,
+            )
+            runner.dockerfile_path = request.dockerfile_path
+            with store.lease() as lease:
+                solver = Solver(
+                    definition,
+                    fast_keys,
+                    store=store,
+                    lease=lease,
+                    hasher=hasher,
+                    runner=runner,
+                    on_change=on_change,
+                    cancel=cancel,
+                )
+                states = solver.states
+                status = "executed"
+                error: NbbuildError | None = None
+                try:
+                    loaded = solver.solve()
+                except BuildCanceled as exc:
+                    status, error = "canceled", exc
+                except NbbuildError as exc:
+                    status, error = "failed", exc
+                steps = _steps(definition, states, fast_keys)
+                store.record_build(
+                    BuildRecord(
+                        name=name,
+                        time_ns=started,
+                        target=definition.target_stage,
+                        status=status,
+                        steps=tuple(
+                            StepRecord(
+                                digest=s.digest,
+                                name=s.name,
+                                step=s.step,
+                                stage=s.stage,
+                                line=s.line,
+                                instruction=s.instruction,
+                                key=s.key,
+                                status=s.status,
+                                duration_ns=s.duration_ns,
+                                saved_ns=s.saved_ns,
+                                preimage=dict(s.preimage),
+                            )
+                            for s in steps
+                        ),
+                        tag=request.tags[0] if request.tags else "",
+                        context=str(request.context.resolve()),
+                    )
+                )
+                if error is not None:
+                    reporter.emit(BuildFinished(build_id=build_id, status=status, time_ns=time.time_ns(), error=str(error)))
+                    raise error
+                config = _image_config(definition)
+                image_id = _finish_outputs(request, store, images, loaded.layers, config)
+                reporter.emit(BuildFinished(build_id=build_id, status=status, time_ns=time.time_ns(), image_id=image_id))
+                return BuildResult(
+                    name=name,
+                    target=definition.target_stage,
+                    steps=steps,
+                    definition=definition,
+                    config=config,
+                    layers=loaded.layers,
+                    image_id=image_id,
+                    tags=request.tags,
+                )
+        finally:
+            hasher.close()
+            shutil.rmtree(workdir, ignore_errors=True)
+    finally:
+        store.close()
+
+
+def _executor(find_runtime: Any) -> Any:
+    from engine.executor.oci import OciExecutor
+
+    return OciExecutor(find_runtime())
+
+
+def _with_network(definition: Definition, network: str) -> Definition:
+    from dataclasses import replace
+
+    from engine.graph.ops import ExecOp
+
+    if network not in ("default", "none", "host"):
+        raise UsageError(f"invalid --network {network!r}: use default, none or host")
+    if network == "default":
+        return definition
+    # --network changes the default of every RUN (not those with their own --network).
+    digests: dict[str, str] = {}
+    vertices: list[Vertex] = []
+    for v in definition.vertices:
+        op = v.op
+        if isinstance(op, ExecOp) and op.network == "default":
+            op = replace(op, network=network)  # type: ignore[arg-type]
+        inputs = tuple(digests.get(d, d) for d in v.inputs)
+        nv = Vertex(op=op, inputs=inputs, meta=v.meta)
+        digests[v.digest] = nv.digest
+        vertices.append(nv)
+    target = digests.get(definition.target, definition.target) if definition.target else None
+    return Definition(tuple(vertices), target, definition.config, definition.target_stage)
+
+
+def _vertex_event(vertex: Vertex, state: VertexState, preimage: Mapping[str, Any]) -> Event:
+    return VertexEvent(
+        digest=vertex.digest,
+        inputs=vertex.inputs,
+        name=vertex.meta.name,
+        step=vertex.meta.step,
+        total=vertex.meta.total,
+        stage=vertex.meta.stage,
+        line=vertex.meta.line,
+        instruction=vertex.meta.instruction,
+        started_ns=state.started_ns or None,
+        completed_ns=state.completed_ns or None,
+        cached=state.status == "cached",
+        error=state.error or None,
+        status=state.status,
+        key=state.key,
+        preimage=dict(preimage),
+        saved_ns=state.saved_ns,
+    )
+
+
+def _steps(definition: Definition, states: Mapping[str, VertexState], fast_keys: Mapping[str, Any]) -> tuple[StepResult, ...]:
+    out = []
+    for v in definition.vertices:
+        st = states.get(v.digest) or VertexState(status="skipped")
+        fk = fast_keys[v.digest]
+        out.append(
+            StepResult(
+                digest=v.digest,
+                name=v.meta.name,
+                step=v.meta.step,
+                stage=v.meta.stage,
+                line=v.meta.line,
+                instruction=v.meta.instruction,
+                key=st.key or fk.cache_key,
+                keys=st.keys,
+                preimage=fk.preimage,
+                status=st.status,
+                started_ns=st.started_ns,
+                duration_ns=max(0, st.completed_ns - st.started_ns) if st.completed_ns else 0,
+                saved_ns=st.saved_ns,
+                logs=b"".join(st.logs),
+                error=st.error,
+            )
+        )
+    return tuple(out)
+
+
+def _image_config(definition: Definition) -> dict[str, Any]:
+    return definition.config.to_json()
+
+
+def _finish_outputs(
+    request: BuildRequest, store: Store, images: Any, layers: tuple[str, ...], config: dict[str, Any]
+) -> str | None:
+    from engine.exporters import export
+
+    image_id: str | None = None
+    epoch = _source_date_epoch(request.build_args)
+    for tag in request.tags:
+        image = images.put(tag, layers=layers, config=config, source_date_epoch=epoch)
+        image_id = image.config_digest
+    for output in request.outputs:
+        image_id = export(store, images, output.type, output.dest, dict(output.attrs), layers=layers, config=config, source_date_epoch=epoch, name=request.tags[0] if request.tags else "") or image_id
+    return image_id
+
+
+def _source_date_epoch(build_args: Mapping[str, str]) -> int | None:
+    value = build_args.get("SOURCE_DATE_EPOCH")
+    if value is None or value == "":
+        return None
+    try:
+        return int(value)
+    except ValueError:
+        raise UsageError(f"invalid SOURCE_DATE_EPOCH {value!r}: expected seconds since the epoch") from None

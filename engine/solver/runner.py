@@ -1,0 +1,282 @@
+"""Executes single ops for the solver: RUN in a container, file ops, downloads, checksums.
+
+The runner is the solver's only contact with the OS: containers (:mod:`engine.executor`), layer
+directories (:mod:`engine.snapshot`, :mod:`engine.fileops`) and remote sources. Every path it
+writes is a fresh diff directory handed out by the store.
+"""
+
+from __future__ import annotations
+
+import collections
+import shutil
+import tempfile
+import threading
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from engine.context.tree import ContextTree
+from engine.digest import sha256_of_json
+from engine.errors import BuildCanceled, BuildError, EntitlementError, StepFailed
+from engine.executor.process import Mount as ProcessMount
+from engine.executor.process import ProcessSpec
+from engine.graph.ops import (
+    CacheMap,
+    ContentSpec,
+    ExecOp,
+    FileOp,
+    GitSource,
+    HttpSource,
+    ImageSource,
+)
+from engine.graph.vertex import Vertex
+from engine.snapshot.overlay import OverlayMount
+from engine.store.store import Lease, Store
+
+if TYPE_CHECKING:
+    from engine.executor.process import Executor
+    from engine.images.store import ImageStore
+    from engine.solver.solver import Loaded
+
+__all__ = ["LOG_TAIL_LINES", "OpRunner", "Output"]
+
+LOG_TAIL_LINES = 20
+
+
+@dataclass(frozen=True, slots=True)
+class Output:
+    """What executing an op produced: the base layers and the new diff (None: no new layer)."""
+
+    base: tuple[str, ...]
+    diff: Path | None
+
+
+class OpRunner:
+    """Runs ops against a store.
+
+    Args:
+        store: the store (diff directories, layer paths, remembered checksums).
+        images: the local image store (``FROM`` layers).
+        executor: runs RUN steps; None where containers are unavailable (RUN is then refused).
+        allow: granted entitlements (``network.host``, ``security.insecure``).
+        filename: the Dockerfile's name, for error messages.
+        on_log: called with (vertex, stream, data) for every chunk a step prints.
+        workdir: where downloads and checkouts live during the build.
+    """
+
+    def __init__(
+        self,
+        store: Store,
+        images: ImageStore,
+        executor: Executor | None,
+        *,
+        allow: frozenset[str] = frozenset(),
+        filename: str = "Dockerfile",
+        on_log: Callable[[Vertex, int, bytes], None] = lambda v, s, d: None,
+        workdir: Path,
+    ) -> None:
+        self.store = store
+        self.images = images
+        self.executor = executor
+        self.allow = allow
+        self.filename = filename
+        self.on_log = on_log
+        self.workdir = workdir
+        self._lock = threading.Lock()
+
+    # -- sources ----------------------------------------------------------------------
+
+    def image_layers(self, op: ImageSource) -> tuple[str, ...]:
+        image = self.images.get(op.ref)
+        if image is None:
+            raise BuildError(
+                f"image {op.ref!r} is not in the local image store: import or load it first "
+                "(nbbuild image import|load); registries arrive later"
+            )
+        return tuple(image.layers)
+
+    def has_image(self, op: ImageSource) -> bool:
+        return self.images.get(op.ref) is not None
+
+    def fetch(self, op: HttpSource | GitSource) -> tuple[Path, CacheMap]:
+        from engine.sources import git as gitsrc
+        from engine.sources import http as httpsrc
+
+        dest = Path(tempfile.mkdtemp(prefix="src-", dir=self.workdir))
+        if isinstance(op, HttpSource):
+            source = httpsrc.HttpSource.for_add(op.url, checksum=op.checksum)
+            fetched = httpsrc.fetch(source, dest)
+            return dest, op.cache_map(fetched.digest)
+        ref = gitsrc.GitRef(remote=op.remote, ref=op.ref or None, subdir=op.subdir)
+        commit = op.commit or gitsrc.resolve(ref)
+        if op.checksum and not commit.startswith(op.checksum):
+            raise BuildError(f"checksum mismatch: {op.checksum} is not a prefix of {commit}")
+        gitsrc.checkout(ref, commit, dest, op.keep_git_dir)
+        return dest, op.cache_map(commit)
+
+    # -- checksums --------------------------------------------------------------------
+
+    def checksum(self, loaded: Loaded, spec: ContentSpec) -> str | None:
+        """Content checksum of selected paths of a loaded input (memoised in the store)."""
+        from engine.fileops import result_checksum
+        from engine.fileops.tree import DirTree
+
+        if loaded.directory is not None:
+            return result_checksum(DirTree(loaded.directory), spec)
+        if not loaded.layers:
+            return None
+        spec_digest = sha256_of_json(spec.to_json())
+        result = loaded.result
+        if result is not None:
+            found = self.store.get_checksum(result, spec_digest)
+            if found is not None:
+                return found
+        from engine.fileops.tree import LayerTree
+
+        value = result_checksum(LayerTree(self._paths(loaded.layers)), spec)
+        if result is not None:
+            self.store.set_checksum(result, spec_digest, value)
+        return value
+
+    def _paths(self, layers: Sequence[str]) -> list[Path]:
+        return [self.store.diff_path(s) for s in layers]
+
+    # -- exec -------------------------------------------------------------------------
+
+    def run_exec(
+        self,
+        vertex: Vertex,
+        op: ExecOp,
+        inputs: Sequence[Loaded],
+        lease: Lease,
+        sink: Callable[[int, bytes], None],
+        cancel: threading.Event,
+    ) -> Output:
+        name = vertex.meta.name
+        if op.network == "host" and "network.host" not in self.allow:
+            raise EntitlementError(
+                f"{name}: network.host is not allowed: pass --allow network.host to grant it"
+            )
+        if op.security == "insecure":
+            if "security.insecure" not in self.allow:
+                raise EntitlementError(
+                    f"{name}: security.insecure is not allowed: pass --allow security.insecure"
+                )
+            raise BuildError(f"{name}: RUN --security=insecure is not supported yet")
+        extra: list[ProcessMount] = []
+        for mount in op.mounts:
+            if mount.output:
+                continue
+            if mount.dest == "/dev/pipes/" and mount.input >= 0:
+                # The inline script of a heredoc RUN with a shebang (an internal mount).
+                script = inputs[mount.input]
+                extra.append(ProcessMount("/dev/pipes", self.store.diff_path(script.layers[-1])))
+                continue
+            raise BuildError(
+                f"{name}: RUN --mount=type={mount.type} is not supported yet "
+                "(mounts arrive in a later release); remove the --mount flag to build"
+            )
+        if self.executor is None:
+            raise BuildError(f"{name}: this host cannot run containers (see nbbuild doctor)")
+        root = inputs[0] if inputs and op.mounts and op.mounts[0].input == 0 else None
+        base = root.layers if root is not None else ()
+        upper = self.store.new_diff_dir(lease)
+        work = self.store.new_diff_dir(lease)
+        lowers = self._paths(base)
+        empty: Path | None = None
+        if not lowers:
+            empty = self.store.new_diff_dir(lease)
+            lowers = [empty]
+        tail: collections.deque[str] = collections.deque(maxlen=LOG_TAIL_LINES)
+        partial = {1: b"", 2: b""}
+
+        def stream(fd: int) -> Callable[[bytes], None]:
+            def write(data: bytes) -> None:
+                sink(fd, data)
+                buf = partial[fd] + data
+                *lines, partial[fd] = buf.split(b"\n")
+                for line in lines:
+                    tail.append(line.decode("utf-8", "replace"))
+
+            return write
+
+        spec = ProcessSpec(
+            args=op.args,
+            env=op.env + op.proxy_env,
+            cwd=op.cwd,
+            user=op.user,
+            network=op.network,
+            mounts=tuple(extra),
+        )
+        try:
+            result = self.executor.run(
+                spec,
+                OverlayMount(tuple(lowers), upper, work),
+                stdout=stream(1),
+                stderr=stream(2),
+                cancel=cancel,
+            )
+        except BuildError:
+            raise
+        finally:
+            shutil.rmtree(work, ignore_errors=True)
+            if empty is not None:
+                shutil.rmtree(empty, ignore_errors=True)
+        for fd in (1, 2):
+            if partial[fd]:
+                tail.append(partial[fd].decode("utf-8", "replace"))
+        if result.cancelled or cancel.is_set():
+            shutil.rmtree(upper, ignore_errors=True)
+            raise BuildCanceled(f"{name}: canceled")
+        if result.exit_code != 0:
+            shutil.rmtree(upper, ignore_errors=True)
+            command = " ".join(op.args)
+            raise StepFailed(
+                name,
+                f'process "{command}" did not complete successfully: exit code: {result.exit_code}',
+                line=vertex.meta.line,
+                exit_code=result.exit_code,
+                logs=tuple(tail),
+                filename=self.filename,
+            )
+        return Output(base=base, diff=upper)
+
+    # -- file -------------------------------------------------------------------------
+
+    def run_file(self, vertex: Vertex, op: FileOp, inputs: Sequence[Loaded], lease: Lease) -> Output:
+        from engine.fileops import apply_file_op
+        from engine.fileops.tree import DirTree, LayerTree, ReadTree
+
+        base: tuple[str, ...] = ()
+        dest: list[Path] | None = None
+        if op.dest_input >= 0:
+            base = inputs[op.dest_input].layers
+            dest = self._paths(base) if base else None
+        sources: dict[int, ReadTree] = {}
+        for index, loaded in enumerate(inputs):
+            if index == op.dest_input:
+                continue
+            if loaded.local is not None:
+                sources[index] = self._context_tree(loaded)
+            elif loaded.directory is not None:
+                sources[index] = DirTree(loaded.directory)
+            elif loaded.layers:
+                sources[index] = LayerTree(self._paths(loaded.layers))
+        out = self.store.new_diff_dir(lease)
+        try:
+            apply_file_op(op, dest=dest, sources=sources, out=out)
+        except BaseException:
+            shutil.rmtree(out, ignore_errors=True)
+            raise
+        return Output(base=base, diff=out)
+
+    def _context_tree(self, loaded: Loaded) -> ContextTree:
+        from engine.context.dockerignore import load_ignore_rules
+
+        assert loaded.local is not None
+        root = Path(loaded.local.path)
+        dockerfile = self.dockerfile_path if loaded.local.name == "context" else None
+        return ContextTree(root, load_ignore_rules(root, dockerfile))
+
+    dockerfile_path: Path | None = None
