@@ -184,12 +184,30 @@ class LayerTree:
 
 
 class DirTree(ContextTree):
-    """A plain directory read as a source (a download, a checkout): owners count as 0:0."""
+    """A plain directory read as a source (a download, a checkout): owners count as 0:0.
+
+    Its root stands for a fresh snapshot's root (``0755``), whatever mode the temporary
+    directory it was fetched into has: ``ADD <git repo> /dest`` creates ``/dest`` like that.
+    """
 
     __slots__ = ()
 
     def __init__(self, root: Path) -> None:
         super().__init__(root, None)
+
+    def lstat(self, rel: str) -> os.stat_result | None:
+        """``lstat`` of ``rel``; the root reports mode ``0755``."""
+        st = ContextTree.lstat(self, rel)
+        if rel or st is None:
+            return st
+        return os.stat_result(
+            (stat.S_IFDIR | 0o755, *st[1:10]),
+            {
+                "st_atime_ns": st.st_atime_ns,
+                "st_mtime_ns": st.st_mtime_ns,
+                "st_ctime_ns": st.st_ctime_ns,
+            },
+        )
 
 
 _EMPTY_ROOT = os.stat_result((stat.S_IFDIR | 0o755, 0, 0, 2, 0, 0, 0, 0, 0, 0))

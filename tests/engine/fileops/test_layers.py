@@ -158,3 +158,17 @@ def test_hard_link_to_a_lower_file_copies_it_up(runner: Runner, tmp_path: Path) 
     a, b = os.lstat(r.out / "lib" / "real.so"), os.lstat(r.out / "lib" / "alias.so")
     assert a.st_ino == b.st_ino and r.read("/lib/alias.so") == "elf"
     assert (base / "lib" / "real.so").stat().st_nlink == 1  # the lower file is untouched
+
+
+def test_download_root_is_a_snapshot_root(runner: Runner, tmp_path: Path) -> None:
+    # ADD <git repo> /dest: the checkout's temporary directory (0700) becomes /dest as 0755.
+    checkout = write(tmp_path / "checkout", {"README": "r", "src/main.c": "int main;"})
+    os.chmod(checkout, 0o700)
+    os.chown(checkout / "README", 1000, 1000)
+    r = runner.run(
+        copy("/", "/dest", wildcard=False, follow_symlinks=False, dir_copy_contents=False),
+        sources={1: DirTree(checkout)},
+    )
+    dump = r.dump()
+    assert dump["/dest"] == ("dir", 0o755, 0, 0, "")
+    assert dump["/dest/README"] == ("file", 0o644, 0, 0, "r")
