@@ -31,7 +31,7 @@ from engine.fileops.mkdir import make_dir
 from engine.fileops.mkfile import make_file
 from engine.fileops.tree import EmptyTree, LayerTree, as_read_tree
 from engine.fileops.untar import extract_archive
-from engine.fileops.upper import Upper, display, open_source
+from engine.fileops.upper import OPAQUE_XATTR, Upper, display, open_source
 from engine.graph.ops import ChownSpec, ContentSpec, CopyAction, FileOp, MkdirAction
 from engine.snapshot.layers import LayerView
 
@@ -45,6 +45,7 @@ def apply_file_op(
     sources: Mapping[int, ReadTree | LayerView],
     out: Path,
     created_ns: int | None = None,
+    opaque_xattr: str = OPAQUE_XATTR,
 ) -> None:
     """Apply ``op``'s actions, writing the new diff layer into ``out``.
 
@@ -61,12 +62,14 @@ def apply_file_op(
         created_ns: time given to what the op creates without a source time (parent
             directories, WORKDIR, inline files), e.g. ``SOURCE_DATE_EPOCH``; None: now.
             Copied entries always keep their source's times.
+        opaque_xattr: the opaque-directory marker to write (``user.overlay.opaque`` for
+            layers mounted with ``userxattr`` in a user namespace).
 
     Raises:
         FileOpError: an action failed (BuildKit's wording: ``lstat /x: no such file or
             directory``, ``cannot replace to directory /d with file``, ...).
     """
-    upper = Upper(out, dest)
+    upper = Upper(out, dest, opaque_xattr=opaque_xattr)
     upper.init_root()
     trees = {index: as_read_tree(tree) for index, tree in sources.items()}
     for number, action in enumerate(op.actions):

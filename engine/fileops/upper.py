@@ -28,7 +28,7 @@ import stat
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-from engine.context.tree import Resolved, resolve_links
+from engine.context.tree import Resolved, read_xattrs, resolve_links
 from engine.errors import InternalError
 from engine.fileops.errors import FileOpError, os_error
 from engine.fileops.tree import LayerTree, content_xattrs
@@ -163,13 +163,13 @@ class Upper:
 
     def real(self, rel: str) -> str:
         """Host path of the merged entry ``rel`` (in ``out`` or in a lower layer)."""
+        if self.lstat(rel) is None:
+            raise os_error("lstat", display(rel), 2)
         path = self.host(rel)
-        st = _lstat(path)
-        if st is not None and not is_whiteout(st):
+        if _lstat(path) is not None:
             return path
-        if st is None and self.lower is not None and self._lower(rel) is not None:
-            return self.lower.real(rel)
-        raise os_error("lstat", display(rel), 2)
+        assert self.lower is not None
+        return self.lower.real(rel)
 
     def readlink(self, rel: str) -> str:
         """Target text of the merged symlink ``rel``."""
@@ -180,8 +180,6 @@ class Upper:
 
     def xattrs(self, rel: str) -> dict[str, bytes]:
         """Content xattrs of the merged entry ``rel``."""
-        from engine.context.tree import read_xattrs
-
         return content_xattrs(read_xattrs(self.real(rel), FileOpError))
 
     def resolve(self, path: str, follow_trailing: bool = True, *, base: str = "") -> str:

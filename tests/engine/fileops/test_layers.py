@@ -172,3 +172,24 @@ def test_download_root_is_a_snapshot_root(runner: Runner, tmp_path: Path) -> Non
     dump = r.dump()
     assert dump["/dest"] == ("dir", 0o755, 0, 0, "")
     assert dump["/dest/README"] == ("file", 0o644, 0, 0, "r")
+
+
+def test_sources_may_be_layer_views(runner: Runner, chain: list[Path]) -> None:
+    # The solver hands results over as LayerViews: they are read as LayerTrees.
+    r = runner.run(copy("/dir", "/copied/"), sources={1: LayerView(chain)})  # type: ignore[dict-item]
+    assert {p for p in r.dump() if p.startswith("/copied/")} == {
+        "/copied/b",
+        "/copied/c",
+        "/copied/d",
+    }
+
+
+def test_user_namespace_opaque_marker(tmp_path: Path) -> None:
+    lower = write(tmp_path / "lower", {"d/old": "x"})
+    out = tmp_path / "out"
+    out.mkdir()
+    upper = Upper(out, [lower], opaque_xattr="user.overlay.opaque")
+    upper.remove("d")
+    upper.mkdir("d", 0o755)
+    assert os.getxattr(out / "d", "user.overlay.opaque") == b"y"
+    assert LayerTree([lower, out]).children("d") == []
