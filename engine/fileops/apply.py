@@ -69,6 +69,10 @@ def apply_file_op(
         FileOpError: an action failed (BuildKit's wording: ``lstat /x: no such file or
             directory``, ``cannot replace to directory /d with file``, ...).
     """
+    with os.scandir(out) as entries:
+        if any(True for _ in entries):
+            # The writer tracks what it made opaque in memory: it must start from nothing.
+            raise FileOpError(f"the new layer directory {out} is not empty")
     upper = Upper(out, dest, opaque_xattr=opaque_xattr)
     upper.init_root()
     trees = {index: as_read_tree(tree) for index, tree in sources.items()}

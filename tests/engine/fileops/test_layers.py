@@ -193,3 +193,14 @@ def test_user_namespace_opaque_marker(tmp_path: Path) -> None:
     upper.mkdir("d", 0o755)
     assert os.getxattr(out / "d", "user.overlay.opaque") == b"y"
     assert LayerTree([lower, out]).children("d") == []
+
+
+def test_output_directory_must_be_empty(tmp_path: Path) -> None:
+    from engine.fileops import FileOpError, apply_file_op
+    from engine.graph.ops import FileOp, MkdirAction
+
+    out = write(tmp_path / "out", {"leftover": "x"})
+    with pytest.raises(FileOpError, match="is not empty"):
+        apply_file_op(
+            FileOp(actions=(MkdirAction("/x"),), dest_input=-1), dest=None, sources={}, out=out
+        )
