@@ -6,17 +6,32 @@ One run, start to end:
    ``USER`` and to note which mount points (``/etc/hosts``, ``/etc/resolv.conf``, extra mounts)
    the runtime will have to create as stubs.
 2. Write a bundle (``config.json``, ``hosts``, ``resolv.conf``) under ``state_dir``.
-3. Start ``unshare --mount --propagation private`` running a tiny ``sh`` script that mounts the
-   overlay at ``<bundle>/rootfs`` and ``exec``\\ s ``crun run``: the overlay exists only in that
-   namespace and disappears with it, however the run ends (see :mod:`engine.snapshot.overlay`).
+3. Start ``unshare --mount --propagation private --pid --fork`` running a tiny ``sh`` script
+   that mounts the overlay at ``<bundle>/rootfs`` and ``exec``\\ s ``crun run``: the overlay
+   exists only in that namespace and disappears with it, however the run ends (see
+   :mod:`engine.snapshot.overlay`). The runtime is PID 1 of a PID namespace of its own, and the
+   container's PID namespace is nested in it; ``setpriv --pdeathsig KILL`` (on ``unshare``) and
+   ``--kill-child`` (on the runtime) chain the runtime's life to the engine's. So when the
+   engine dies - even by SIGKILL - the runtime gets SIGKILL, and with the death of a PID
+   namespace's init the kernel kills everything in it and in the namespaces nested in it: no
+   container outlives its build. (A runtime killed by SIGKILL does *not* take its container
+   with it on its own: the container is its child in another PID namespace.) The script checks
+   that the engine is still its grandparent once both death signals are armed, which closes the
+   window of a kill between ``fork`` and ``prctl``.
    On a cgroup v1 "hybrid" host the script also detaches ``/sys/fs/cgroup/unified`` - in its
    private namespace only - because crun 1.8 refuses that layout; cgroups are not used at all
    (``--cgroup-manager=disabled``), so a killed run leaves no cgroup behind either.
 4. The runtime runs in its own session (``start_new_session``): a terminal's Ctrl-C reaches the
    notebook or CLI, which decides to cancel; it never hits the container directly.
-5. Cancel is a ladder, like ``docker stop`` with a short grace: ``kill SIGINT``, then ``SIGTERM``,
-   then ``SIGKILL`` through the runtime, ``delete -f`` at the end. The process is PID 1 of its
-   PID namespace, so a ``sleep`` ignores INT/TERM and only the KILL ends it.
+5. Cancel is a ladder, like ``docker stop`` with a short grace: SIGINT, then SIGTERM to the
+   runtime, which forwards them to the container (``crun kill`` cannot be used from outside:
+   the runtime's state holds pids of its own PID namespace), then SIGKILL to the runtime's
+   session, which ends the namespaces. The process is PID 1 of its PID namespace, so a
+   ``sleep`` ignores INT/TERM and only the KILL ends it. The runtime's state of a container it
+   could not clean up (it was killed) is removed by the executor.
+7. What a killed engine leaves in ``state_dir`` (a bundle, the runtime's state of a container
+   that no longer runs) is named after its owner (``nbbuild-<pid>-<start ticks>-<random>``)
+   and removed when an executor is created after the owner is gone.
 6. Empty stubs are removed from the upper dir (:mod:`engine.executor.stubs`), the bundle dir is
    removed. The upper dir is left as the step's diff; the caller owns it and the work dir.
 """
@@ -24,7 +39,9 @@ One run, start to end:
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
+import re
 import secrets
 import shutil
 import signal
@@ -43,20 +60,30 @@ from engine.executor.stubs import find_stubs, remove_stubs
 from engine.executor.user import resolve_user
 from engine.snapshot.layers import LayerView
 from engine.snapshot.overlay import OverlayMount
+from engine.store.leases import process_start_ticks
 
 __all__ = ["DEFAULT_STATE_DIR", "OciExecutor"]
 
 DEFAULT_STATE_DIR = Path("/run/nbbuild")
 
-# $1: "1" to detach the v2 unified hierarchy, $2: overlay options or "", $3: mount target,
-# then the runtime's argv. `exec` keeps one pid from unshare to the runtime: killing it ends the
-# namespace, and its mounts with it.
+# $1: the engine's pid (must be our grandparent: unshare's parent), $2: file to write our pid
+# (as the engine sees it) into, $3: "1" to detach the v2 unified hierarchy, $4: overlay options
+# or "", $5: mount target, then the runtime's argv. /proc is still the engine's here, so
+# /proc/self/stat gives pids in the engine's PID namespace; then a /proc of the new PID
+# namespace is mounted for the runtime. `exec` keeps one pid from the script to the runtime:
+# killing it ends both namespaces, and the mounts with them.
 _NAMESPACE_SCRIPT = """set -e
-if [ -n "$1" ]; then umount -l /sys/fs/cgroup/unified 2>/dev/null || true; fi
-if [ -n "$2" ]; then mount -t overlay overlay -o "$2" "$3"; fi
-shift 3
+read -r self _ _ parent _ < /proc/self/stat
+read -r _ _ _ grandparent _ < "/proc/$parent/stat"
+[ "$grandparent" = "$1" ] || exit 125
+echo "$self" > "$2"
+mount -t proc proc /proc
+if [ -n "$3" ]; then umount -l /sys/fs/cgroup/unified 2>/dev/null || true; fi
+if [ -n "$4" ]; then mount -t overlay overlay -o "$4" "$5"; fi
+shift 5
 exec "$@"
 """
+_OWNED_ID = re.compile(r"nbbuild-(\d+)-(\d+)-[0-9a-f]+")
 _STDERR_TAIL = 8192
 _SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGKILL)
 
@@ -92,11 +119,38 @@ class OciExecutor:
                 "unshare (util-linux) is needed to run steps in a private mount namespace"
             )
         self._unshare = unshare
+        setpriv = shutil.which("setpriv")
+        if setpriv is None:
+            raise CapabilityError(
+                "setpriv (util-linux) is needed so that no container outlives a killed build"
+            )
+        self._setpriv = setpriv
         self.state_dir = state_dir
         self.grace = grace
         self.recursive_stubs = recursive_stubs
         self._runtime_root = state_dir / f"state-{self.runtime.name}"
         self._hide_unified = self.runtime.name == "crun" and cgroup_layout() == "hybrid"
+        self.sweep()
+
+    def sweep(self) -> int:
+        """Remove bundles and runtime state left by engines that are gone (killed); returns
+        how many entries went. Their containers died with them (see the module doc)."""
+        removed = 0
+        for parent in (self.state_dir / "bundles", *self.state_dir.glob("state-*")):
+            try:
+                names = os.listdir(parent)
+            except OSError:
+                continue
+            for name in names:
+                match = _OWNED_ID.fullmatch(name)
+                if match is None:
+                    continue
+                pid, ticks = int(match.group(1)), int(match.group(2))
+                if process_start_ticks(pid) == ticks:
+                    continue  # its engine still runs
+                shutil.rmtree(parent / name, ignore_errors=True)
+                removed += 1
+        return removed
 
     def _runtime_argv(self, *args: str) -> list[str]:
         argv = [str(self.runtime.path), "--root", str(self._runtime_root)]
@@ -127,7 +181,7 @@ class OciExecutor:
             recursive=self.recursive_stubs,
         )
 
-        container_id = f"nbbuild-{secrets.token_hex(8)}"
+        container_id = f"nbbuild-{os.getpid()}-{_own_start_ticks()}-{secrets.token_hex(6)}"
         bundle = self.state_dir / "bundles" / container_id
         bundle.mkdir(parents=True, mode=0o700)
         self._runtime_root.mkdir(parents=True, exist_ok=True, mode=0o700)
@@ -143,15 +197,24 @@ class OciExecutor:
             write_bundle(bundle, spec, user, target)
             pid_file = bundle / "pid"
             argv = [
+                self._setpriv,
+                "--pdeathsig",
+                "KILL",
+                "--",
                 self._unshare,
                 "--mount",
                 "--propagation",
                 "private",
+                "--pid",
+                "--fork",
+                "--kill-child",
                 "--",
                 "/bin/sh",
                 "-c",
                 _NAMESPACE_SCRIPT,
                 "nbbuild-sandbox",
+                str(os.getpid()),
+                str(bundle / "runtime-pid"),
                 "1" if self._hide_unified else "",
                 options,
                 str(target),
@@ -159,7 +222,9 @@ class OciExecutor:
                     "run", "--bundle", str(bundle), "--pid-file", str(pid_file), container_id
                 ),
             ]
-            return self._supervise(argv, container_id, pid_file, stdout, stderr, cancel)
+            return self._supervise(
+                argv, container_id, pid_file, bundle / "runtime-pid", stdout, stderr, cancel
+            )
         finally:
             try:
                 remove_stubs(stub_root, stubs)
@@ -171,6 +236,7 @@ class OciExecutor:
         argv: list[str],
         container_id: str,
         pid_file: Path,
+        runtime_pid_file: Path,
         stdout: OutputSink | None,
         stderr: OutputSink | None,
         cancel: threading.Event | None,
@@ -213,7 +279,7 @@ class OciExecutor:
                 if event.wait(0.05):
                     if not exited.is_set():
                         cancelled.set()
-                        self._stop(proc, container_id)
+                        self._stop(proc, runtime_pid_file)
                     return
 
         watcher = None
@@ -224,7 +290,7 @@ class OciExecutor:
             proc.wait()
         except BaseException:
             # KeyboardInterrupt or the like: never leave the container running
-            self._stop(proc, container_id)
+            self._stop(proc, runtime_pid_file)
             raise
         finally:
             exited.set()
@@ -245,37 +311,75 @@ class OciExecutor:
             )
         return ExitResult(exit_code=exit_code, cancelled=cancelled.is_set(), duration=duration)
 
-    def _stop(self, proc: subprocess.Popen[bytes], container_id: str) -> None:
+    def _stop(self, proc: subprocess.Popen[bytes], runtime_pid_file: Path) -> None:
         waits = (self.grace, self.grace, 5.0)
         for sig, wait in zip(_SIGNALS, waits, strict=True):
             if proc.poll() is not None:
                 return
-            sent = subprocess.run(
-                self._runtime_argv("kill", container_id, sig.name.removeprefix("SIG")),
-                stdout=subprocess.DEVNULL,
-                stderr=subprocess.DEVNULL,
-                check=False,
-            )
-            if sent.returncode != 0 and sig == signal.SIGKILL:
-                # no container yet (still mounting) or the runtime is stuck: kill the session
-                _killpg(proc.pid)
+            runtime = _runtime_pid(runtime_pid_file, proc.pid)
+            if sig != signal.SIGKILL and runtime is not None:
+                # The runtime forwards INT and TERM to the container's process.
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(runtime, sig)
+            elif sig == signal.SIGKILL or not runtime_pid_file.exists():
+                # The session: unshare and the runtime (PID 1 of the namespace the container is
+                # nested in). Before the runtime runs there is nothing to ask nicely.
+                self._kill(proc, runtime)
+                return
             try:
                 proc.wait(timeout=wait)
                 return
             except subprocess.TimeoutExpired:
                 continue
+
+    @staticmethod
+    def _kill(proc: subprocess.Popen[bytes], runtime: int | None) -> None:
+        ticks = process_start_ticks(runtime) if runtime is not None else None
         _killpg(proc.pid)
         proc.wait()
+        # unshare is gone; wait for the namespace's init too, so that no process of the step
+        # still holds the overlay when the caller takes the upper dir.
+        if runtime is not None and ticks is not None:
+            _wait_gone(runtime, ticks)
 
     def _delete(self, container_id: str) -> None:
-        if not (self._runtime_root / container_id).exists():
-            return
-        subprocess.run(
-            self._runtime_argv("delete", "-f", container_id),
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-            check=False,
-        )
+        # The runtime removes its state when it ends normally; when it was killed the state
+        # stays. Its processes are gone by now (see _wait_gone), and its pids are those of a
+        # PID namespace that no longer exists, so `delete -f` from here could only hit a wrong
+        # process: remove the directory instead.
+        shutil.rmtree(self._runtime_root / container_id, ignore_errors=True)
+
+
+def _own_start_ticks() -> int:
+    return _start_ticks_of(os.getpid())  # by pid: a forked child is another owner
+
+
+@functools.cache
+def _start_ticks_of(pid: int) -> int:
+    ticks = process_start_ticks(pid)
+    return ticks if ticks is not None else 0
+
+
+def _runtime_pid(path: Path, session: int) -> int | None:
+    """The runtime's pid (the namespace's init) if it is still a child of ``session``."""
+    try:
+        pid = int(path.read_text().strip())
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            stat = f.read()
+    except (OSError, ValueError):
+        return None
+    fields = stat[stat.rfind(b")") + 2 :].split()
+    if len(fields) < 2 or fields[0] in (b"Z", b"X") or int(fields[1]) != session:
+        return None
+    return pid
+
+
+def _wait_gone(pid: int, ticks: int, timeout: float = 10.0) -> None:
+    """Wait until the namespace's init has died (a zombie is dead enough: the kernel kills and
+    reaps every process of a PID namespace before its init becomes a zombie)."""
+    deadline = time.monotonic() + timeout
+    while process_start_ticks(pid) == ticks and time.monotonic() < deadline:
+        time.sleep(0.005)
 
 
 def _killpg(pgid: int) -> None:
