@@ -8,8 +8,6 @@ tags and exports the result, and reports progress events all along.
 from __future__ import annotations
 
 import os
-import shutil
-import tempfile
 import threading
 import time
 import uuid
@@ -189,44 +187,46 @@ def build(
         if request.network:
             definition = _with_network(definition, request.network)
         hasher = ContextHasher(store_root=root, dockerfile_path=request.dockerfile_path)
-        workdir = Path(tempfile.mkdtemp(prefix="build-", dir=root))
         started = time.time_ns()
         reporter.emit(BuildStarted(build_id=build_id, name=name, target=definition.target_stage, time_ns=started))
         states: dict[str, VertexState] = {}
         try:
-            by_digest = definition.by_digest()
-
-            def resolve_content(vertex: Vertex, index: int, spec: ContentSpec) -> str | None:
-                source = by_digest[vertex.inputs[index]]
-                if isinstance(source.op, LocalSource):
-                    return hasher.checksum(source.op, spec)
-                return None
-
-            fast_keys = compute_keys(definition, resolve_content)
-            if hasher.db is not None:
-                record_preimages(hasher.db, fast_keys.values())
-
-            def on_change(vertex: Vertex, state: VertexState) -> None:
-                reporter.emit(_vertex_event(vertex, state, fast_keys[vertex.digest].preimage))
-
-            def on_log(vertex: Vertex, stream: int, data: bytes) -> None:
-                reporter.emit(VertexLog(digest=vertex.digest, stream=stream, data=data, time_ns=time.time_ns()))
-
-            try:
-                executor = _executor(find_runtime)
-            except NbbuildError:
-                executor = None
-            runner = OpRunner(
-                store,
-                images,
-                executor,
-                allow=request.allow,
-                filename=request.dockerfile_name,
-                on_log=on_log,
-                workdir=workdir,
-            )
-            runner.dockerfile_path = request.dockerfile_path
             with store.lease() as lease:
+                # Downloads and checkouts live here: a diff directory of the build's lease, so
+                # a build killed on the way leaves nothing that the next open does not sweep.
+                workdir = store.new_diff_dir(lease)
+                by_digest = definition.by_digest()
+
+                def resolve_content(vertex: Vertex, index: int, spec: ContentSpec) -> str | None:
+                    source = by_digest[vertex.inputs[index]]
+                    if isinstance(source.op, LocalSource):
+                        return hasher.checksum(source.op, spec)
+                    return None
+
+                fast_keys = compute_keys(definition, resolve_content)
+                if hasher.db is not None:
+                    record_preimages(hasher.db, fast_keys.values())
+
+                def on_change(vertex: Vertex, state: VertexState) -> None:
+                    reporter.emit(_vertex_event(vertex, state, fast_keys[vertex.digest].preimage))
+
+                def on_log(vertex: Vertex, stream: int, data: bytes) -> None:
+                    reporter.emit(VertexLog(digest=vertex.digest, stream=stream, data=data, time_ns=time.time_ns()))
+
+                try:
+                    executor = _executor(find_runtime)
+                except NbbuildError:
+                    executor = None
+                runner = OpRunner(
+                    store,
+                    images,
+                    executor,
+                    allow=request.allow,
+                    filename=request.dockerfile_name,
+                    on_log=on_log,
+                    workdir=workdir,
+                )
+                runner.dockerfile_path = request.dockerfile_path
                 solver = Solver(
                     definition,
                     fast_keys,
@@ -291,7 +291,6 @@ def build(
                 )
         finally:
             hasher.close()
-            shutil.rmtree(workdir, ignore_errors=True)
     finally:
         store.close()
 
