@@ -188,7 +188,11 @@ def build(
             definition = _with_network(definition, request.network)
         hasher = ContextHasher(store_root=root, dockerfile_path=request.dockerfile_path)
         started = time.time_ns()
-        reporter.emit(BuildStarted(build_id=build_id, name=name, target=definition.target_stage, time_ns=started))
+        reporter.emit(
+            BuildStarted(
+                build_id=build_id, name=name, target=definition.target_stage, time_ns=started
+            )
+        )
         states: dict[str, VertexState] = {}
         try:
             with store.lease() as lease:
@@ -211,7 +215,11 @@ def build(
                     reporter.emit(_vertex_event(vertex, state, fast_keys[vertex.digest].preimage))
 
                 def on_log(vertex: Vertex, stream: int, data: bytes) -> None:
-                    reporter.emit(VertexLog(digest=vertex.digest, stream=stream, data=data, time_ns=time.time_ns()))
+                    reporter.emit(
+                        VertexLog(
+                            digest=vertex.digest, stream=stream, data=data, time_ns=time.time_ns()
+                        )
+                    )
 
                 try:
                     executor = _executor(find_runtime)
@@ -274,11 +282,22 @@ def build(
                     )
                 )
                 if error is not None:
-                    reporter.emit(BuildFinished(build_id=build_id, status=status, time_ns=time.time_ns(), error=str(error)))
+                    reporter.emit(
+                        BuildFinished(
+                            build_id=build_id,
+                            status=status,
+                            time_ns=time.time_ns(),
+                            error=str(error),
+                        )
+                    )
                     raise error
                 config = _image_config(definition)
                 image_id = _finish_outputs(request, store, images, loaded.layers, config)
-                reporter.emit(BuildFinished(build_id=build_id, status=status, time_ns=time.time_ns(), image_id=image_id))
+                reporter.emit(
+                    BuildFinished(
+                        build_id=build_id, status=status, time_ns=time.time_ns(), image_id=image_id
+                    )
+                )
                 return BuildResult(
                     name=name,
                     target=definition.target_stage,
@@ -346,7 +365,9 @@ def _vertex_event(vertex: Vertex, state: VertexState, preimage: Mapping[str, Any
     )
 
 
-def _steps(definition: Definition, states: Mapping[str, VertexState], fast_keys: Mapping[str, Any]) -> tuple[StepResult, ...]:
+def _steps(
+    definition: Definition, states: Mapping[str, VertexState], fast_keys: Mapping[str, Any]
+) -> tuple[StepResult, ...]:
     out = []
     for v in definition.vertices:
         st = states.get(v.digest) or VertexState(status="skipped")
@@ -378,18 +399,55 @@ def _image_config(definition: Definition) -> dict[str, Any]:
 
 
 def _finish_outputs(
-    request: BuildRequest, store: Store, images: Any, layers: tuple[str, ...], config: dict[str, Any]
+    request: BuildRequest,
+    store: Store,
+    images: Any,
+    layers: tuple[str, ...],
+    config: dict[str, Any],
 ) -> str | None:
     from engine.exporters import export
 
     image_id: str | None = None
     epoch = _source_date_epoch(request.build_args)
+    if epoch is None:
+        # One build, one image: every tag and every image output gets the same creation time
+        # (the exporters only fill in missing times), so they all have the same ID.
+        config = _stamped(config, time.time_ns())
     for tag in request.tags:
         image = images.put(tag, layers=layers, config=config, source_date_epoch=epoch)
         image_id = image.config_digest
     for output in request.outputs:
-        image_id = export(store, images, output.type, output.dest, dict(output.attrs), layers=layers, config=config, source_date_epoch=epoch, name=request.tags[0] if request.tags else "") or image_id
+        image_id = (
+            export(
+                store,
+                images,
+                output.type,
+                output.dest,
+                dict(output.attrs),
+                layers=layers,
+                config=config,
+                source_date_epoch=epoch,
+                name=request.tags[0] if request.tags else "",
+            )
+            or image_id
+        )
     return image_id
+
+
+def _stamped(config: dict[str, Any], now_ns: int) -> dict[str, Any]:
+    """``config`` with ``created`` set on itself and on the history entries that lack one."""
+    from engine.images.config import rfc3339
+
+    stamp = rfc3339(now_ns)
+    out = dict(config)
+    out.setdefault("created", stamp)
+    history = out.get("history")
+    if isinstance(history, list):
+        out["history"] = [
+            {**h, "created": h.get("created") or stamp} if isinstance(h, dict) else h
+            for h in history
+        ]
+    return out
 
 
 def _source_date_epoch(build_args: Mapping[str, str]) -> int | None:
@@ -399,4 +457,6 @@ def _source_date_epoch(build_args: Mapping[str, str]) -> int | None:
     try:
         return int(value)
     except ValueError:
-        raise UsageError(f"invalid SOURCE_DATE_EPOCH {value!r}: expected seconds since the epoch") from None
+        raise UsageError(
+            f"invalid SOURCE_DATE_EPOCH {value!r}: expected seconds since the epoch"
+        ) from None
