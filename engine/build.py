@@ -126,6 +126,9 @@ class BuildResult:
     layers: tuple[str, ...]  # the target's layer chain (snapshot ids)
     image_id: str | None = None
     tags: tuple[str, ...] = ()
+    # the image manifest's descriptor (mediaType, digest, size) when an image was made (a tag,
+    # type=image/oci/docker): buildx's ``containerimage.descriptor``
+    descriptor: Mapping[str, Any] | None = None
 
     def step(self, name_prefix: str) -> StepResult:
         """The step whose name starts with ``name_prefix`` (``"[builder 4/6]"``)."""
@@ -292,7 +295,9 @@ def build(
                     )
                     raise error
                 config = _image_config(definition)
-                image_id = _finish_outputs(request, store, images, loaded.layers, config)
+                image_id, descriptor = _finish_outputs(
+                    request, store, images, loaded.layers, config
+                )
                 reporter.emit(
                     BuildFinished(
                         build_id=build_id, status=status, time_ns=time.time_ns(), image_id=image_id
@@ -307,6 +312,7 @@ def build(
                     layers=loaded.layers,
                     image_id=image_id,
                     tags=request.tags,
+                    descriptor=descriptor,
                 )
         finally:
             hasher.close()
@@ -404,8 +410,11 @@ def _finish_outputs(
     images: Any,
     layers: tuple[str, ...],
     config: dict[str, Any],
-) -> str | None:
+) -> tuple[str | None, dict[str, Any] | None]:
+    """Tag and export the result; returns the image ID and manifest descriptor (None, None
+    when no image was made: only local/tar outputs, or none)."""
     from engine.exporters import export
+    from engine.images.config import MEDIA_TYPE_OCI_MANIFEST
 
     image_id: str | None = None
     epoch = _source_date_epoch(request.build_args)
@@ -427,11 +436,20 @@ def _finish_outputs(
                 layers=layers,
                 config=config,
                 source_date_epoch=epoch,
-                name=request.tags[0] if request.tags else "",
+                name=",".join(request.tags),
             )
             or image_id
         )
-    return image_id
+    if image_id is None:
+        return None, None
+    # Every image output assembled the same config and layers: the same manifest.
+    assembled = images.assemble(layers=layers, config=config, source_date_epoch=epoch)
+    descriptor = {
+        "mediaType": MEDIA_TYPE_OCI_MANIFEST,
+        "digest": assembled.manifest_digest,
+        "size": len(assembled.manifest_bytes),
+    }
+    return image_id, descriptor
 
 
 def _stamped(config: dict[str, Any], now_ns: int) -> dict[str, Any]:

@@ -22,15 +22,25 @@ def register(sub: Any, key_value: Any) -> None:
         description="Build a Dockerfile with the embedded engine (flags as docker buildx build).",
     )
     p.add_argument("context", metavar="CONTEXT", help="build context directory")
-    p.add_argument("-f", "--file", default=None, help="Dockerfile (default CONTEXT/Dockerfile; - for stdin)")
-    p.add_argument("-t", "--tag", action="append", default=[], help="name[:tag] in the local image store")
+    p.add_argument(
+        "-f", "--file", default=None, help="Dockerfile (default CONTEXT/Dockerfile; - for stdin)"
+    )
+    p.add_argument(
+        "-t", "--tag", action="append", default=[], help="name[:tag] in the local image store"
+    )
     p.add_argument("--target", default="", help="stage to build (default: the last)")
     p.add_argument("--build-arg", action="append", default=[], type=key_value, metavar="K=V")
-    p.add_argument("--build-context", action="append", default=[], type=key_value, metavar="NAME=VALUE")
+    p.add_argument(
+        "--build-context", action="append", default=[], type=key_value, metavar="NAME=VALUE"
+    )
     p.add_argument("--label", action="append", default=[], type=key_value, metavar="K=V")
-    p.add_argument("--no-cache", action="store_true", help="do not use the cache (results are still saved)")
+    p.add_argument(
+        "--no-cache", action="store_true", help="do not use the cache (results are still saved)"
+    )
     p.add_argument("--no-cache-filter", action="append", default=[], metavar="STAGE")
-    p.add_argument("--network", default=None, choices=("default", "none", "host"), help="network for RUN")
+    p.add_argument(
+        "--network", default=None, choices=("default", "none", "host"), help="network for RUN"
+    )
     p.add_argument(
         "--allow",
         action="append",
@@ -48,7 +58,9 @@ def register(sub: Any, key_value: Any) -> None:
         choices=("auto", "plain", "tty", "quiet", "rawjson", "none"),
         help="progress output",
     )
-    p.add_argument("--root", default=None, help="store directory (default $NBBUILD_ROOT or ~/.cache/nbbuild)")
+    p.add_argument(
+        "--root", default=None, help="store directory (default $NBBUILD_ROOT or ~/.cache/nbbuild)"
+    )
     p.set_defaults(run=_cmd_build)
 
 
@@ -119,24 +131,25 @@ def _cmd_build(args: argparse.Namespace) -> int:
         finally:
             queue.close()
 
-    def on_term(signum: int, frame: FrameType | None) -> None:
+    def on_signal(signum: int, frame: FrameType | None) -> None:
+        # Ctrl-C or SIGTERM: stop the steps (SIGINT → SIGTERM → SIGKILL), keep the store
+        # consistent, and keep showing progress until the build has wound down (the canceled
+        # steps say so). Handled here rather than as KeyboardInterrupt, which would unwind the
+        # renderer in the middle of an event. A second Ctrl-C stops waiting.
+        if signum == signal.SIGINT and cancel.is_set():
+            raise KeyboardInterrupt
         cancel.set()
 
-    previous = signal.signal(signal.SIGTERM, on_term)
+    previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
     worker = threading.Thread(target=work, name="nbbuild-build", daemon=True)
     worker.start()
     try:
         # The main thread owns the terminal: it drains the events while the build runs.
-        while True:
-            try:
-                pump(queue, renderer)
-                break
-            except KeyboardInterrupt:
-                # Ctrl-C: stop the steps (SIGINT → SIGTERM → SIGKILL), keep the store consistent.
-                cancel.set()
+        pump(queue, renderer)
         worker.join()
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
     if "error" in outcome:
         error = outcome["error"]
         if isinstance(error, BuildCanceled):
@@ -147,7 +160,9 @@ def _cmd_build(args: argparse.Namespace) -> int:
     if args.iidfile and result.image_id:
         Path(args.iidfile).write_text(result.image_id)
     if args.metadata_file:
-        Path(args.metadata_file).write_text(json.dumps(_metadata(result), indent=2, sort_keys=True) + "\n")
+        Path(args.metadata_file).write_text(
+            json.dumps(_metadata(result), indent=2, sort_keys=True) + "\n"
+        )
     return 0
 
 
@@ -156,6 +171,9 @@ def _metadata(result: Any) -> dict[str, Any]:
     out: dict[str, Any] = {}
     if result.image_id:
         out["containerimage.config.digest"] = result.image_id
+    if result.descriptor:
+        out["containerimage.descriptor"] = dict(result.descriptor)
+        out["containerimage.digest"] = result.descriptor["digest"]
     if result.tags:
         out["image.name"] = ",".join(result.tags)
     out["nbbuild.build.name"] = result.name
