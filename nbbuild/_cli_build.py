@@ -59,6 +59,12 @@ def register(sub: Any, key_value: Any) -> None:
         help="progress output",
     )
     p.add_argument(
+        "-q",
+        "--quiet",
+        action="store_true",
+        help="print only the image ID (same as --progress=quiet)",
+    )
+    p.add_argument(
         "--root", default=None, help="store directory (default $NBBUILD_ROOT or ~/.cache/nbbuild)"
     )
     p.set_defaults(run=_cmd_build)
@@ -116,7 +122,7 @@ def _cmd_build(args: argparse.Namespace) -> int:
         allow=allow,
         network=args.network,
     )
-    renderer = open_renderer(args.progress)
+    renderer = open_renderer("quiet" if args.quiet else args.progress)
     queue = QueueReporter()
     cancel = threading.Event()
     outcome: dict[str, Any] = {}
