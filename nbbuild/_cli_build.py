@@ -122,7 +122,11 @@ def _cmd_build(args: argparse.Namespace) -> int:
         allow=allow,
         network=args.network,
     )
-    renderer = open_renderer("quiet" if args.quiet else args.progress)
+    # An output written to stdout (dest=-) owns it: quiet's image ID goes to stderr instead.
+    to_stdout = any(o.dest == "-" for o in request.outputs)
+    renderer = open_renderer(
+        "quiet" if args.quiet else args.progress, stdout=sys.stderr if to_stdout else None
+    )
     queue = QueueReporter()
     cancel = threading.Event()
     outcome: dict[str, Any] = {}
