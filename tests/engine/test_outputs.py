@@ -412,3 +412,39 @@ def test_source_date_epoch_is_not_a_cache_key_input_for_steps_that_do_not_use_it
     second = bk.build(REPRO, tags=("r:2",), build_args={"SOURCE_DATE_EPOCH": "1700000000"})
     # BuildKit: SOURCE_DATE_EPOCH is a build arg only where the Dockerfile declares it
     assert {s.status for s in second.steps if s.step is not None} == {"cached"}
+
+
+def test_scratch_image_has_only_what_was_copied(bk: Any) -> None:
+    bk.write({"f.txt": "f\n"})
+    dest = bk.tmp / "fs.tar"
+    result = bk.build(
+        'FROM scratch\nCOPY f.txt /\nCMD ["/f.txt"]\n',
+        tags=("scratch:1",),
+        outputs=[f"type=tar,dest={dest}"],
+    )
+    assert set(_tar_members(dest)) == {"f.txt"}
+    assert len(result.layers) == 1
+    config = json.loads(bk.cli("image", "inspect", "scratch:1").stdout)
+    assert config["config"]["Env"] == [
+        "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+    ]
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="engine/frontend/convert.py: FROM scratch starts from an empty config, where "
+    'BuildKit\'s emptyImage() also sets Config.WorkingDir to "/" (dockerfile2llb/image.go; '
+    'checked against the BuildKit oracle: docker inspect shows "WorkingDir": "/")',
+)
+def test_scratch_image_config_has_workdir_slash_like_buildkit(bk: Any) -> None:
+    bk.write({"f.txt": "f\n"})
+    result = bk.build("FROM scratch\nCOPY f.txt /\n")
+    assert result.config["config"].get("WorkingDir") == "/"
+
+
+def test_empty_scratch_image_has_no_layers(bk: Any) -> None:
+    result = bk.build("FROM scratch\nLABEL only=config\n", tags=("empty:1",))
+    assert result.layers == ()
+    config = json.loads(bk.cli("image", "inspect", "empty:1").stdout)
+    assert config["rootfs"]["diff_ids"] == []
+    assert config["config"]["Labels"] == {"only": "config"}

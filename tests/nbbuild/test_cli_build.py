@@ -435,3 +435,68 @@ def test_sigterm_cancels_a_running_step_and_the_store_stays_usable(bk: Any) -> N
     assert after.code == 0, after.stderr
     check = bk.cli("cache", "check")
     assert check.code == 0, check.stdout + check.stderr
+
+
+def test_output_to_stdout_is_only_the_archive_even_when_quiet(bk: Any) -> None:
+    bk.write(FILES)
+    as_file = bk.tmp / "fs.tar"
+    assert (
+        bk.cli(
+            "build",
+            "--progress=quiet",
+            "--build-arg",
+            "SOURCE_DATE_EPOCH=1700000000",
+            "-o",
+            f"type=tar,dest={as_file}",
+            str(bk.ctx),
+        ).code
+        == 0
+    )
+    env = {**os.environ, "NBBUILD_ROOT": str(bk.root)}
+    for flag in ("-q", "--progress=plain"):
+        proc = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "nbbuild",
+                "build",
+                flag,
+                "--build-arg",
+                "SOURCE_DATE_EPOCH=1700000000",
+                "-o",
+                "type=tar,dest=-",
+                str(bk.ctx),
+            ],
+            capture_output=True,
+            env=env,
+            cwd=str(bk.tmp),
+        )
+        assert proc.returncode == 0, proc.stderr
+        assert proc.stdout == as_file.read_bytes(), flag  # nothing but the tar on stdout
+    docker = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "nbbuild",
+            "build",
+            "-q",
+            "-t",
+            "std:1",
+            "-o",
+            "type=docker,dest=-",
+            str(bk.ctx),
+        ],
+        capture_output=True,
+        env=env,
+        cwd=str(bk.tmp),
+    )
+    assert docker.returncode == 0, docker.stderr
+    image_id = docker.stderr.decode().strip()
+    assert IMAGE_ID.match(image_id)  # quiet's ID moved to stderr
+    import io
+    import tarfile
+
+    with tarfile.open(fileobj=io.BytesIO(docker.stdout)) as tar:
+        manifest = json.loads(tar.extractfile("manifest.json").read())  # type: ignore[union-attr]
+    assert manifest[0]["Config"] == "blobs/sha256/" + image_id.split(":")[1]
+    assert docker.stdout.endswith(b"\0" * 1024)
