@@ -682,6 +682,7 @@ class _Converter:
                 parts.append(f"{kv.key}={kv.value}")
             self._history(st, "LABEL " + " ".join(parts), False)
         elif isinstance(cmd, ins.MaintainerCommand):
+            st.config = replace(st.config, author=cmd.maintainer)
             self._history(st, f"MAINTAINER {cmd.maintainer}", False)
         elif isinstance(cmd, ins.WorkdirCommand):
             self._dispatch_workdir(st, cmd, st_onbuild)

@@ -70,6 +70,7 @@ class ImageConfig:
     os: str = "linux"
     architecture: str = "amd64"
     variant: str = ""
+    author: str = ""  # MAINTAINER (deprecated, still honoured)
     history: tuple[HistoryEntry, ...] = field(default=())
 
     def get_env(self, name: str) -> str | None:
@@ -129,4 +130,6 @@ class ImageConfig:
         }
         if self.variant:
             out["variant"] = self.variant
+        if self.author:
+            out["author"] = self.author
         return out

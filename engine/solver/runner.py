@@ -31,6 +31,7 @@ from engine.graph.ops import (
     ImageSource,
 )
 from engine.graph.vertex import Vertex
+from engine.snapshot.layers import LayerView
 from engine.snapshot.overlay import OverlayMount
 from engine.store.store import Lease, Store
 
@@ -184,6 +185,7 @@ class OpRunner:
         upper = self.store.new_diff_dir(lease)
         work = self.store.new_diff_dir(lease)
         lowers = self._paths(base)
+        _premake_mountpoints(lowers, upper)
         empty: Path | None = None
         if not lowers:
             empty = self.store.new_diff_dir(lease)
@@ -244,6 +246,7 @@ class OpRunner:
 
     # -- file -------------------------------------------------------------------------
 
+
     def run_file(self, vertex: Vertex, op: FileOp, inputs: Sequence[Loaded], lease: Lease) -> Output:
         from engine.fileops import apply_file_op
         from engine.fileops.tree import DirTree, LayerTree, ReadTree
@@ -280,3 +283,21 @@ class OpRunner:
         return ContextTree(root, load_ignore_rules(root, dockerfile))
 
     dockerfile_path: Path | None = None
+
+
+# The runtime creates mount points for /dev, /proc and /sys when the image has none; crun makes
+# /dev with mode 01755, where BuildKit's runc leaves 0755. Making them first, as runc would, keeps
+# the committed layer identical to BuildKit's.
+_MOUNTPOINTS = ("dev", "proc", "sys")
+
+
+def _premake_mountpoints(lowers: Sequence[Path], upper: Path) -> None:
+    import os
+
+    present = LayerView(list(lowers)) if lowers else None
+    for name in _MOUNTPOINTS:
+        if present is not None and present.lookup("/" + name) is not None:
+            continue
+        path = upper / name
+        path.mkdir(mode=0o755)
+        os.chmod(path, 0o755)
