@@ -34,7 +34,7 @@ test: setup
 	$(BIN)/mypy
 	$(BIN)/pytest -q
 
-# Until execution lands, the demo shows the cache-key half: plan, edit, re-plan.
+# The main job: build the dependency-first example, rebuild, edit, rebuild (see scripts/demo.py).
 demo: setup
 	$(BIN)/python scripts/demo.py
 
