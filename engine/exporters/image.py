@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from engine.images.archive import ArchiveImage, open_output, write_archive
+from engine.images.errors import ImageError
 from engine.images.store import ImageStore, normalize_name
 
 __all__ = ["export_docker", "export_oci"]
@@ -36,8 +37,11 @@ def _export(
         config=assembled.config_bytes,
         layers=assembled.layers,
     )
-    with open_output(dest) as out:
-        write_archive(out, [entry], images.store.blobs.path, docker=docker)
+    try:
+        with open_output(dest) as out:
+            write_archive(out, [entry], images.store.blobs.path, docker=docker)
+    except OSError as exc:
+        raise ImageError(f"cannot export to {dest}: {exc.strerror or exc}") from None
     return assembled.config_digest
 
 

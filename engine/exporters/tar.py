@@ -46,6 +46,13 @@ def write_merged_tar(
 def export_tar(
     layers: Sequence[Path], dest: Path | str, *, source_date_epoch: int | None = None
 ) -> None:
-    """Write the merged filesystem of ``layers`` to the file ``dest`` (``-``: stdout)."""
-    with open_output(dest) as out:
-        write_merged_tar(layers, out, source_date_epoch=source_date_epoch)
+    """Write the merged filesystem of ``layers`` to the file ``dest`` (``-``: stdout).
+
+    Raises:
+        ImageError: ``dest`` cannot be written (missing directory, permissions, disk full).
+    """
+    try:
+        with open_output(dest) as out:
+            write_merged_tar(layers, out, source_date_epoch=source_date_epoch)
+    except OSError as exc:
+        raise ImageError(f"cannot export to {dest}: {exc.strerror or exc}") from None
