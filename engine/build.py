@@ -165,13 +165,16 @@ def build(
         NbbuildError: any other failure.
     """
     from engine.executor.runtime import find_runtime
-    from engine.images.store import ImageStore, resolver
+    from engine.images.store import ImageStore, normalize_name, resolver
 
     reporter = reporter or NullReporter()
     cancel = cancel or threading.Event()
     if not request.context.is_dir():
         raise UsageError(f"build context {str(request.context)!r} is not a directory")
     name = default_build_name(request)
+    for ref in (*request.tags, *(dict(o.attrs).get("name", "") for o in request.outputs)):
+        for part in filter(None, ref.split(",")):
+            normalize_name(part)  # a bad --tag fails before the build, not after it
     build_id = uuid.uuid4().hex
     store = Store.open(root)
     try:
