@@ -448,3 +448,22 @@ def test_empty_scratch_image_has_no_layers(bk: Any) -> None:
     config = json.loads(bk.cli("image", "inspect", "empty:1").stdout)
     assert config["rootfs"]["diff_ids"] == []
     assert config["config"]["Labels"] == {"only": "config"}
+
+
+def test_output_to_a_missing_directory_is_a_clear_error(bk: Any) -> None:
+    from engine.images.errors import ImageError
+
+    for kind in ("tar", "oci", "docker"):
+        dest = bk.tmp / "missing" / f"x.{kind}.tar"
+        with pytest.raises(ImageError, match=f"cannot export to {dest}: No such file"):
+            bk.build("FROM busybox\nRUN echo x > /x\n", outputs=[f"type={kind},dest={dest}"])
+
+
+def test_invalid_tag_fails_before_anything_runs(bk: Any) -> None:
+    from engine.images.errors import ImageError
+
+    with pytest.raises(ImageError, match="Bad Name"):
+        bk.build("FROM busybox\nRUN echo x > /x\n", tags=("Bad Name",))
+    assert bk.reporters[-1].events == []
+    with pytest.raises(ImageError, match="also bad"):
+        bk.build("FROM busybox\n", outputs=["type=image,name=also bad"])
