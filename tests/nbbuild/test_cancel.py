@@ -10,6 +10,9 @@ A build runs ``RUN sleep $NAP`` with ``NAP=30``; once the ``sleep`` runs in its 
   runtime's state and bundle of the container are gone;
 * the next build (``NAP=0``: same output) succeeds with the output of a reference build.
 
+A second Ctrl-C stops waiting: the CLI exits at once, abandoning its lease; the container dies
+with it all the same, and the next open sweeps what it left.
+
 The runtime runs in its own session, so a terminal's Ctrl-C reaches only the CLI, which
 decides to cancel (SIGINT, SIGTERM, SIGKILL to the step). The API test sets the build's
 ``cancel`` event from another thread and gets :class:`~engine.errors.BuildCanceled`.
@@ -21,6 +24,7 @@ import importlib.util
 import signal
 import sys
 import threading
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from types import ModuleType
@@ -147,6 +151,41 @@ def test_cli_cancel_during_a_long_run(
     assert_next_build_is_right(root, ctx, tmp_path / "next", reference)
 
 
+def test_second_ctrl_c_stops_waiting_and_leaves_nothing_running(
+    setup: tuple[Path, Path, dict[str, object]], tmp_path: Path
+) -> None:
+    """Ctrl-C twice: the CLI stops waiting for the build to wind down and exits at once. It
+    dies with its lease held and the step's container mid-cancel: the container dies with it
+    (engine/executor/oci.py), and the next open sweeps the lease and the step's diffs."""
+    tar, ctx, reference = setup
+    root = wb.new_store(tmp_path / "store", tar)
+    run = wb.Cli("build", "--progress=plain", ctx, root=root, logs=tmp_path / "logs")
+    try:
+        sleeper = wait_for_sleep(root, alive=lambda: run.proc.poll() is None)
+        run.signal_group(signal.SIGINT)
+        # The second Ctrl-C once the first has been taken (not merged into one pending signal),
+        # and a moment for its handler to run: the first cancels, the second stops waiting.
+        assert wb.wait_for(lambda: not _pending(run.pid, signal.SIGINT), timeout=10.0)
+        time.sleep(0.2)
+        run.signal_group(signal.SIGINT)
+        code = run.wait(timeout=EXIT_TIMEOUT)
+    finally:
+        run.kill()
+    assert code == 130, run.stderr
+    assert "Traceback" not in run.stderr, run.stderr
+    assert wb.wait_for(lambda: process_start_ticks(sleeper[0]) != sleeper[1], timeout=10.0)
+    assert wb.wait_for(lambda: not wb.store_processes(root, run.pid), timeout=10.0), (
+        wb.store_processes(root, run.pid)
+    )
+    assert wb.host_mounts(root) == []
+    assert wb.live_leases(root) == 1  # abandoned, not wound down: its lease is still there
+    wb.check_clean(root)  # its first open sweeps what the abandoned build left
+    assert wb.live_leases(root) == 0
+    assert wb.store_leftovers(root) == []
+    assert_next_build_is_right(root, ctx, tmp_path / "next", reference)
+    assert wb.runtime_entries(run.pid) == []
+
+
 def test_api_cancel_from_another_thread_raises_build_canceled(
     setup: tuple[Path, Path, dict[str, object]], tmp_path: Path
 ) -> None:
@@ -195,3 +234,13 @@ def test_api_cancel_from_another_thread_raises_build_canceled(
     with Store.open(root) as store:
         assert store.last_build("nap").status == "canceled"  # type: ignore[union-attr]
     assert_next_build_is_right(root, ctx, tmp_path / "next", reference)
+
+
+def _pending(pid: int, sig: int) -> bool:
+    """``sig`` is pending for the process (not yet taken by any of its threads)."""
+    try:
+        with open(f"/proc/{pid}/status", encoding="ascii") as f:
+            fields = dict(line.split(":", 1) for line in f if ":" in line)
+    except OSError:
+        return False
+    return bool(int(fields["ShdPnd"].strip(), 16) & (1 << (sig - 1)))
