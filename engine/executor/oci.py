@@ -29,11 +29,11 @@ One run, start to end:
    session, which ends the namespaces. The process is PID 1 of its PID namespace, so a
    ``sleep`` ignores INT/TERM and only the KILL ends it. The runtime's state of a container it
    could not clean up (it was killed) is removed by the executor.
+6. Empty stubs are removed from the upper dir (:mod:`engine.executor.stubs`), the bundle dir is
+   removed. The upper dir is left as the step's diff; the caller owns it and the work dir.
 7. What a killed engine leaves in ``state_dir`` (a bundle, the runtime's state of a container
    that no longer runs) is named after its owner (``nbbuild-<pid>-<start ticks>-<random>``)
    and removed when an executor is created after the owner is gone.
-6. Empty stubs are removed from the upper dir (:mod:`engine.executor.stubs`), the bundle dir is
-   removed. The upper dir is left as the step's diff; the caller owns it and the work dir.
 """
 
 from __future__ import annotations
