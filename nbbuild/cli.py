@@ -10,6 +10,10 @@ import json
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from engine.plan import Plan, PlanRequest
 
 __all__ = ["main"]
 
@@ -88,7 +92,7 @@ def _read_dockerfile(file: str | None, context: Path) -> tuple[str, str, Path | 
 
 
 def _cmd_plan(args: argparse.Namespace) -> int:
-    from engine.plan import PlanRequest, default_store_root, plan
+    from engine.plan import PlanRequest, default_store_root
     from nbbuild.render import plan_text
 
     context = Path(args.context)
@@ -108,13 +112,27 @@ def _cmd_plan(args: argparse.Namespace) -> int:
         no_cache_filter=tuple(filters),
         labels=dict(args.label),
     )
-    result = plan(request, store_root=default_store_root(args.root))
+    root = default_store_root(args.root)
+    result = _plan_with_local_images(request, root)
     if args.format == "json":
         json.dump(result.to_json(), sys.stdout, indent=2, sort_keys=True)
         sys.stdout.write("\n")
     else:
         sys.stdout.write(plan_text(result))
     return 0
+
+
+def _plan_with_local_images(request: PlanRequest, root: Path) -> Plan:
+    """Plan with ``FROM`` resolved in the store's local images, so the keys are a build's."""
+    from engine.images.store import ImageStore, resolver
+    from engine.plan import plan
+    from engine.store.store import Store
+
+    store = Store.open(root)
+    try:
+        return plan(request, store_root=root, resolve_image=resolver(ImageStore(store)))
+    finally:
+        store.close()
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -13,12 +13,13 @@ import posixpath
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 
-from engine.errors import DockerfileError, SourceError
+from engine.errors import ContextError, DockerfileError, SourceError
 from engine.frontend import instructions as ins
 from engine.frontend import mounts as ins_mounts
 from engine.frontend.imageref import normalize_ref
 from engine.frontend.instructions import Stage, parse_instruction, parse_stages
-from engine.frontend.parser import Dockerfile, parse
+from engine.frontend.namedcontext import ContextResolver, NamedContext, lookup
+from engine.frontend.parser import Dockerfile, _heredoc_from_word, parse
 from engine.frontend.shell import Lexer
 from engine.frontend.suggest import did_you_mean
 from engine.graph.image import DEFAULT_PATH, Healthcheck, HistoryEntry, ImageConfig
@@ -114,7 +115,9 @@ class _Stage:
     sources: dict[int, list[_Stage]] = field(default_factory=dict)  # command idx → sources
     dispatched: bool = False
     unregistered: bool = False
-    named_context: str | None = None
+    # The named context this state stands for: the stage's own name (from_named_context) or
+    # the image name it is built FROM / read --from (set when its base is resolved).
+    named_context: NamedContext | None = None
     from_line: int | None = None
     from_text: str = ""
     based: bool = False  # the base has been resolved (once)
@@ -160,11 +163,13 @@ class _Converter:
         dockerfile: Dockerfile,
         options: BuildOptions,
         resolve_image: ImageResolver | None,
+        resolve_context: ContextResolver | None = None,
     ) -> None:
         self.df = dockerfile
         self.filename = dockerfile.filename
         self.opts = options
         self.resolve_image = resolve_image
+        self.resolve_context = resolve_context
         self.lex = Lexer(escape=dockerfile.directives.escape)
         self.platform = options.platform or host_platform()
         self.graph = _Graph()
@@ -289,9 +294,12 @@ class _Converter:
             from_line=line,
             from_text=text,
         )
-        if stage.name and stage.name in self.opts.build_contexts:
-            st.named_context = self.opts.build_contexts[stage.name]
-            st.from_named_context = True
+        if stage.name:
+            # BuildKit: a named context replaces a stage of that name, whatever its FROM.
+            named = self._lookup_context(stage.name, stage_platform, line, text, stage=True)
+            if named is not None:
+                st.named_context = named
+                st.from_named_context = True
         if stage.name in self.by_name and stage.name:
             raise self.error(f"duplicate stage name {stage.name!r}", line, text)
         self.states.append(st)
@@ -336,8 +344,6 @@ class _Converter:
             unregistered=True,
             from_line=line,
         )
-        if name in self.opts.build_contexts:
-            st.named_context = self.opts.build_contexts[name]
         self.states.append(st)
         return st
 
@@ -387,7 +393,7 @@ class _Converter:
                 base is not None
                 and base is not st
                 and base.index < st.index
-                and st.named_context is None
+                and not st.from_named_context
             ):
                 st.base = base
             elif base is st or (base is not None and base.index >= st.index):
@@ -468,14 +474,23 @@ class _Converter:
             for cmd in st.base.commands:
                 if isinstance(cmd, ins.OnbuildCommand):
                     triggers.append(cmd.expression)
-        elif st.named_context is None and st.base_name != SCRATCH:
-            image = self._resolve_base_image(st)
+        elif st.from_named_context:
+            # The stage is not run: its image's triggers never fire (BuildKit clears them).
+            if self._resolve_named_context(st) is not None:
+                st.config = replace(st.config, onbuild=())
+        elif st.base_name != SCRATCH:
+            # FROM <name> / --from=<name>: a named context keyed by the image name wins.
+            st.named_context = self._lookup_context(
+                st.base_name, st.platform, st.from_line, st.from_text
+            )
+            if st.named_context is not None:
+                image = self._resolve_named_context(st)
+            else:
+                image = self._resolve_base_image(st)
             if image is not None:
                 triggers.extend(image.config.onbuild)
                 # The triggers fire here and are not inherited by this stage's image.
                 st.config = replace(st.config, onbuild=())
-        elif st.named_context is not None:
-            self._resolve_named_context(st)
         if not triggers:
             return False
         new_deps = False
@@ -533,24 +548,52 @@ class _Converter:
             st.provisional = True
         return resolved
 
-    def _resolve_named_context(self, st: _Stage) -> None:
-        value = st.named_context or ""
-        if value.startswith("docker-image://"):
-            st.base_name = value[len("docker-image://") :]
-            st.named_context = None
-            if st.base_name == SCRATCH:
-                return
-            self._resolve_base_image(st)
-            return
-        if value.startswith("oci-layout://"):
-            raise self.error(
-                f"build context {value!r}: oci-layout contexts are not supported yet "
-                "(they arrive with the local image store)",
-                st.from_line,
-                st.from_text,
-            )
-        if "://" in value and not value.startswith("file://"):
-            raise self.error(f"unsupported build context {value!r}", st.from_line, st.from_text)
+    def _lookup_context(
+        self, name: str, platform: Platform, line: int | None, text: str, *, stage: bool = False
+    ) -> NamedContext | None:
+        try:
+            return lookup(self.opts.build_contexts, name, platform, stage=stage)
+        except ContextError as err:
+            raise self.error(str(err), line, text) from None
+
+    def _resolve_named_context(self, st: _Stage) -> ResolvedImage | None:
+        """Resolve an image or oci-layout named context (local and scratch need nothing).
+
+        With ``resolve_context`` (a build) the image must exist; without it (a plan) an image
+        context is looked up like ``FROM`` and is provisional when absent, and so is a layout.
+
+        Raises:
+            ContextError: the image is not in the store, the layout cannot be used.
+        """
+        named = st.named_context
+        assert named is not None
+        if named.kind not in ("image", "oci-layout"):
+            return None
+        resolved: ResolvedImage | None = None
+        if named.kind == "image":
+            try:
+                st.image_ref = normalize_ref(named.ref)
+            except DockerfileError:
+                raise ContextError(
+                    f"build context {named.key!r}: invalid image reference {named.ref!r}"
+                ) from None
+        else:
+            st.image_ref = named.value
+        if self.resolve_context is not None:
+            resolved = self.resolve_context(named, st.platform)
+        elif named.kind == "image" and self.resolve_image is not None:
+            resolved = self.resolve_image(st.image_ref, st.platform)
+        if resolved is not None:
+            st.config = resolved.config
+            st.image_ref = resolved.ref
+            st.chain_id = resolved.chain_id
+            st.resolved = True
+        else:
+            # Nothing to resolve with (a plan without a store): keyed by the value, marked.
+            st.chain_id = None
+            st.resolved = False
+            st.provisional = True
+        return resolved
 
     # -- dispatch ----------------------------------------------------------------------
 
@@ -565,7 +608,7 @@ class _Converter:
     def _init_state(self, st: _Stage) -> None:
         if st.base is not None:
             base = st.base
-            st.state = base.state
+            st.state = self._rootfs(base.state)
             st.platform = base.platform
             st.env = list(base.env)
             st.cwd = base.cwd
@@ -575,36 +618,86 @@ class _Converter:
             st.image_ref = None
             st.provisional = base.provisional
             return
-        if st.named_context is not None and not st.named_context.startswith("docker-image://"):
-            path = st.named_context.removeprefix("file://")
-            name = st.stage.name if st.stage else st.base_name
-            st.state = self._local_vertex(name, path)
-            return
-        if st.base_name == SCRATCH:
+        named = st.named_context
+        if named is not None and named.kind == "local":
+            local = self._local_vertex(
+                named.key, named.path, display=f"[context {named.key}] load from client"
+            )
+            # A replaced stage is read as it is (COPY --from, mounts); a stage built FROM the
+            # directory gets it as a root filesystem.
+            st.state = local if st.from_named_context else self._rootfs(local)
+        if st.base_name == SCRATCH or (named is not None and named.kind in ("local", "scratch")):
+            # BuildKit's emptyImage(): WorkingDir "/" (docker inspect shows it on scratch images)
             st.config = ImageConfig(
                 os=st.platform.os,
                 architecture=st.platform.architecture,
                 variant=st.platform.variant,
+                working_dir="/",
             )
             return
         if not st.based:
-            self._resolve_base_image(st)
+            if named is not None:
+                self._resolve_named_context(st)
+            else:
+                self._resolve_base_image(st)
         chain_id = st.chain_id
         resolved = st.resolved
         if resolved and chain_id is None:
             return  # an image without layers behaves as scratch
         ref = st.image_ref or st.base_name
-        name = self._prefix(st, f"FROM {ref}")
-        st.state = self.graph.add(
-            ImageSource(ref=ref, chain_id=chain_id, platform=st.platform),
-            (),
-            VertexMeta(
-                name=name,
+        if named is not None:
+            # BuildKit names a context's image "[context <key>] <ref as given>" (no step).
+            what = named.ref if named.kind == "image" else "OCI load from client"
+            meta = VertexMeta(
+                name=f"[context {named.key}] {what}",
+                stage="",
+                step=None,
+                total=None,
+                line=None,
+                instruction="",
+            )
+        else:
+            meta = VertexMeta(
+                name=self._prefix(st, f"FROM {ref}"),
                 stage=st.name,
                 step=st.cmd_index if st.cmd_total else None,
                 total=st.cmd_total or None,
                 line=st.from_line,
                 instruction=st.from_text,
+            )
+        st.state = self.graph.add(
+            ImageSource(ref=ref, chain_id=chain_id, platform=st.platform), (), meta
+        )
+
+    def _rootfs(self, state: str | None) -> str | None:
+        """``state`` as a root filesystem: a local named context is copied into a layer first
+        (containers and file ops work on layers; BuildKit mounts the transferred directory)."""
+        if state is None:
+            return None
+        op = self.graph.vertices[state].op
+        if not isinstance(op, LocalSource):
+            return state
+        return self.graph.add(
+            FileOp(
+                actions=(
+                    CopyAction(
+                        src_input=0,
+                        src=("/",),
+                        dest="/",
+                        wildcard=False,
+                        follow_symlinks=False,
+                    ),
+                ),
+                dest_input=-1,
+            ),
+            (state,),
+            VertexMeta(
+                name=f"[context {op.name}] copy into a layer",
+                stage="",
+                step=None,
+                total=None,
+                line=None,
+                instruction="",
             ),
         )
 
@@ -1011,16 +1104,14 @@ class _Converter:
         st.state = self.graph.add(op, tuple(inputs), self._meta(st, cmd, name))
         self._history(st, "RUN " + _run_command_string(args, st) + " # buildkit", True)
 
-    def _local_vertex(self, name: str, path: str) -> str:
+    def _local_vertex(self, name: str, path: str, display: str = "") -> str:
         key = f"{name}\0{path}"
         if key not in self.context_vertex:
             self.context_vertex[key] = self.graph.add(
                 LocalSource(name=name, path=path),
                 (),
                 VertexMeta(
-                    name=f"[internal] load build context {name}"
-                    if name != "context"
-                    else "[internal] load build context",
+                    name=display or "[internal] load build context",
                     stage="",
                     step=None,
                     total=None,
@@ -1264,11 +1355,12 @@ class _Converter:
             architecture=target.platform.architecture,
             variant=target.platform.variant,
         )
-        needed = _ancestors(self.graph.vertices, target.state)
+        state = self._rootfs(target.state)  # a target replaced by a local context
+        needed = _ancestors(self.graph.vertices, state)
         vertices = tuple(v for d, v in self.graph.vertices.items() if d in needed)
         return Definition(
             vertices=vertices,
-            target=target.state,
+            target=state,
             config=config,
             target_stage=target.stage.name if target.stage else "",
         )
@@ -1282,13 +1374,20 @@ def convert(
     options: BuildOptions | None = None,
     *,
     resolve_image: ImageResolver | None = None,
+    resolve_context: ContextResolver | None = None,
 ) -> Definition:
     """Convert a parsed Dockerfile into the build graph of its target.
 
+    ``resolve_image`` finds images (``FROM``, ``--from``); without it, or when it finds
+    nothing, they are provisional. ``resolve_context`` resolves ``docker-image://`` and
+    ``oci-layout://`` named contexts and raises when it cannot; without it they are looked up
+    with ``resolve_image`` (layouts: provisional).
+
     Raises:
         DockerfileError: any instruction error, in any stage (BuildKit parses them all).
+        ContextError: a named context that cannot be used.
     """
-    return _Converter(dockerfile, options or BuildOptions(), resolve_image).run()
+    return _Converter(dockerfile, options or BuildOptions(), resolve_image, resolve_context).run()
 
 
 def _check_syntax(df: Dockerfile) -> None:
@@ -1499,8 +1598,13 @@ def _summarize_heredoc(doc: str) -> str:
 
 
 def _is_heredoc_word(word: str) -> bool:
-    stripped = word.lstrip("0123456789")
-    return stripped.startswith("<<")
+    """Whether a RUN command line is nothing but a heredoc word (BuildKit's ``MustParseHeredoc``
+    of the whole line): ``<<EOF`` or ``<<-'EOF'`` is, ``<<EOF sh > out`` is not (the shell then
+    gets the line and its documents as they are)."""
+    try:
+        return _heredoc_from_word(word) is not None
+    except Exception:  # BuildKit's MustParseHeredoc: a lexing error means "not a heredoc"
+        return False
 
 
 def _ancestors(vertices: Mapping[str, Vertex], target: str | None) -> set[str]:

@@ -18,9 +18,19 @@ class HistoryEntry:
     created_by: str
     comment: str = "buildkit.dockerfile.v0"
     empty_layer: bool = False
+    created: str = ""  # RFC 3339; kept for a base image's entries, stamped at export otherwise
+    author: str = ""
 
     def to_json(self) -> dict[str, Any]:
-        out: dict[str, Any] = {"created_by": self.created_by, "comment": self.comment}
+        out: dict[str, Any] = {}
+        if self.created:
+            out["created"] = self.created
+        if self.author:
+            out["author"] = self.author
+        if self.created_by or not self.comment:
+            out["created_by"] = self.created_by
+        if self.comment:
+            out["comment"] = self.comment
         if self.empty_layer:
             out["empty_layer"] = True
         return out

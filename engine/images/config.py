@@ -296,6 +296,8 @@ def config_from_json(doc: Mapping[str, Any]) -> ImageConfig:
                     created_by=str(h.get("created_by") or ""),
                     comment=str(h.get("comment") or ""),
                     empty_layer=bool(h.get("empty_layer")),
+                    created=str(h.get("created") or ""),
+                    author=str(h.get("author") or ""),
                 )
             )
     cmd = cfg.get("Cmd")

@@ -104,7 +104,11 @@ class Solver:
         self.hasher = hasher
         self.runner = runner
         self.on_change = on_change
-        self.cancel = cancel
+        # One event stops every running step: set by the caller's cancel, or by the first
+        # failure (BuildKit cancels the whole solve on the first error).
+        self.user_cancel = cancel
+        self.cancel = threading.Event()
+        self.failed = False
         self.states: dict[str, VertexState] = {v.digest: VertexState() for v in definition}
         self._futures: dict[str, Future[Loaded]] = {}
         self._lock = threading.Lock()
@@ -115,9 +119,24 @@ class Solver:
         """Solve the target; returns its output (empty layers for an empty scratch target)."""
         if self.definition.target is None:
             return Loaded()
+        done = threading.Event()
+
+        def relay() -> None:
+            while not done.is_set():
+                if self.user_cancel.wait(0.05):
+                    self.cancel.set()
+                    return
+
+        watcher = threading.Thread(target=relay, name="nbbuild-cancel", daemon=True)
+        watcher.start()
         try:
             loaded = self.load(self.definition.target)
+        except BaseException:
+            self.cancel.set()
+            raise
         finally:
+            done.set()
+            watcher.join()
             for vertex in self.definition:
                 if self.states[vertex.digest].status == "pending":
                     self._settle(vertex)
@@ -231,22 +250,27 @@ class Solver:
         inputs = self._load_inputs(vertex)
         self._check_cancel()
         cache_map = cache_map_of(vertex)
-        per_input: list[list[Candidate]] = []
+        # Lookups may not go through an input that does not propagate its keys (--no-cache);
+        # the result is still committed under them (BuildKit's commitOptions), so the next
+        # normal build finds it.
+        lookup_options: list[list[Candidate]] = []
+        commit_options: list[list[Candidate]] = []
         for index, (loaded, dep) in enumerate(zip(inputs, cache_map.deps, strict=True)):
-            options: list[Candidate] = []
-            if loaded.propagate:
-                options.extend(Candidate("definition", k, dep.selector) for k in loaded.keys)
+            definition = [Candidate("definition", k, dep.selector) for k in loaded.keys]
+            content: list[Candidate] = []
             if dep.content is not None:
                 checksum = self._content_checksum(vertex, index, loaded, dep.content)
                 if checksum is not None:
-                    options.append(Candidate("content", checksum))
-            per_input.append(options)
-        keys = candidate_keys(cache_map, per_input)
+                    content.append(Candidate("content", checksum))
+            lookup_options.append((definition if loaded.propagate else []) + content)
+            commit_options.append(definition + content)
+        lookup_keys = candidate_keys(cache_map, lookup_options)
+        keys = candidate_keys(cache_map, commit_options)
         primary = fast.cache_key if fast is not None and fast.cache_key in keys else None
         if primary is None and keys:
             primary = keys[0]
-        if keys and not ignore:
-            hit = self.store.lookup(keys, self.lease)
+        if lookup_keys and not ignore:
+            hit = self.store.lookup(lookup_keys, self.lease)
             if hit is not None:
                 now = time.time_ns()
                 self.store.add_keys(hit, keys)
@@ -299,6 +323,7 @@ class Solver:
                 results[i] = self.load(d)
             except BaseException as exc:
                 errors.append(exc)
+                self.cancel.set()  # stop the sibling stages too
 
         threads = [
             threading.Thread(target=worker, args=(i, d), name=f"nbbuild-load-{i}", daemon=True)
@@ -310,6 +335,7 @@ class Solver:
             results[0] = self.load(vertex.inputs[0])
         except BaseException as exc:
             errors.append(exc)
+            self.cancel.set()
         for t in threads:
             t.join()
         if errors:

@@ -139,18 +139,6 @@ def test_mode_change_of_a_source_file_misses(bk: object) -> None:
     assert _changed(bk.build(DEPFIRST)) == ["[5/6]", "[6/6]"]
 
 
-NO_CACHE_SAVES = pytest.mark.xfail(
-    strict=True,
-    reason="solver bug (engine/solver/solver.py): a vertex fed by a --no-cache vertex commits "
-    "its result without the input's definition key (propagate=False drops it from the "
-    "candidates), so a later normal build misses there; BuildKit only refuses *lookups* "
-    "through an ignore-cache dep and commits under dep.result.CacheKeys() (edge.go "
-    "commitOptions). Checked on the BuildKit oracle: after `--no-cache` on new keys, a normal "
-    "build is all CACHED.",
-)
-
-
-@NO_CACHE_SAVES
 def test_no_cache_runs_everything_and_saves_the_results(bk: object) -> None:
     bk.write(DEPFIRST_FILES)
     bk.build(DEPFIRST)
@@ -165,7 +153,6 @@ def test_no_cache_runs_everything_and_saves_the_results(bk: object) -> None:
     assert after.layers == forced.layers
 
 
-@NO_CACHE_SAVES
 def test_no_cache_on_a_fresh_store_then_normal_build_is_cached(bk: object) -> None:
     bk.write(DEPFIRST_FILES)
     forced = bk.build(DEPFIRST, no_cache=True)
@@ -402,12 +389,6 @@ def test_plan_after_a_source_edit_predicts_which_steps_miss(bk: object) -> None:
     assert _changed(result) == ["[5/6]", "[6/6]"]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="nbbuild/cli.py _cmd_plan calls plan() without resolve_image: every FROM is "
-    "provisional (keyed by the reference, not the image's ChainID), so `nbbuild plan` prints "
-    "keys no build ever looks up, even when the image is in the store",
-)
 def test_cli_plan_keys_are_the_keys_the_build_looks_up(bk: object) -> None:
     bk.write(DEPFIRST_FILES)
     planned = {v["id"]: v for v in bk.plan_cli(MULTISTAGE)["vertices"]}
@@ -436,15 +417,15 @@ RUN echo never
     assert err.step.startswith("[3/4] RUN for i in")
     assert err.line == 3
     assert err.exit_code == 7
-    assert err.logs[-1] == "oops"
-    assert err.logs[-2] == "line 40"
+    # stdout and stderr are two pipes: their relative order is not defined, the tail is.
+    assert set(err.logs[-2:]) == {"oops", "line 40"}
     assert len(err.logs) == 20  # the last lines only
     assert "line 1" not in err.logs
     text = str(err)
     assert text.startswith("[3/4] RUN for i in")
     assert "(Dockerfile:3)" in text
     assert "did not complete successfully: exit code: 7" in text
-    assert text.rstrip().endswith("| oops")
+    assert "| oops" in text and "| line 40" in text
     by_name = {v.name: v for v in bk.reporters[-1].vertices().values()}
     assert by_name[err.step].status == "failed"
     assert by_name["[2/4] RUN echo fine"].status == "executed"
@@ -535,13 +516,6 @@ def test_dockerfile_errors_name_the_line_before_anything_runs(bk: object) -> Non
     assert bk.reporters[-1].events == []  # nothing started
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="solver bug (engine/solver/solver.py _load_inputs): when one input thread fails, "
-    "the others are not canceled: the build waits for a sibling stage's long RUN to finish, "
-    "and even runs the consumer's other inputs (here COPY --from=slow) after the failure. "
-    "BuildKit cancels the solve on the first error.",
-)
 def test_a_failing_stage_cancels_its_parallel_siblings(bk: object) -> None:
     dockerfile = """\
 FROM busybox AS slow

@@ -160,13 +160,6 @@ def test_history_entries_are_buildkits(bk: Any) -> None:
     assert all("created" in h for h in stored["history"])
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="engine/images/config.py drops `created` (and `author`) of the base image's history "
-    "entries when it reads the base config into engine.graph.image.HistoryEntry, which has no "
-    '`created` and always writes `created_by` ("" here); the exporter then stamps the base '
-    "entry with the build's time. BuildKit keeps base history entries as they are.",
-)
 def test_base_image_history_keeps_its_own_entries(bk: Any) -> None:
     base_config = json.loads(bk.cli("image", "inspect", "busybox").stdout)
     bk.build("FROM busybox\nRUN echo hi > /hi\n", tags=("h:1",))
@@ -430,12 +423,6 @@ def test_scratch_image_has_only_what_was_copied(bk: Any) -> None:
     ]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="engine/frontend/convert.py: FROM scratch starts from an empty config, where "
-    'BuildKit\'s emptyImage() also sets Config.WorkingDir to "/" (dockerfile2llb/image.go; '
-    'checked against the BuildKit oracle: docker inspect shows "WorkingDir": "/")',
-)
 def test_scratch_image_config_has_workdir_slash_like_buildkit(bk: Any) -> None:
     bk.write({"f.txt": "f\n"})
     result = bk.build("FROM scratch\nCOPY f.txt /\n")
