@@ -91,6 +91,7 @@ class BuildRequest:
     allow: frozenset[str] = frozenset()
     network: str | None = None  # default network for RUN: default|none|host
     name: str = ""  # build name for history; default: the tag, else context dir + target
+    context_excludes: tuple[str, ...] = ()  # left out of the context before .dockerignore
 
 
 @dataclass(frozen=True, slots=True)
@@ -192,7 +193,11 @@ def build(
         definition = convert(dockerfile, options, resolve_image=resolver(images))
         if request.network:
             definition = _with_network(definition, request.network)
-        hasher = ContextHasher(store_root=root, dockerfile_path=request.dockerfile_path)
+        hasher = ContextHasher(
+            store_root=root,
+            dockerfile_path=request.dockerfile_path,
+            extra_excludes=request.context_excludes,
+        )
         started = time.time_ns()
         reporter.emit(
             BuildStarted(
@@ -241,6 +246,7 @@ def build(
                     workdir=workdir,
                 )
                 runner.dockerfile_path = request.dockerfile_path
+                runner.context_excludes = request.context_excludes
                 solver = Solver(
                     definition,
                     fast_keys,

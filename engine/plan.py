@@ -40,6 +40,7 @@ class PlanRequest:
     no_cache: bool = False
     no_cache_filter: tuple[str, ...] = ()
     labels: Mapping[str, str] = field(default_factory=dict)
+    context_excludes: tuple[str, ...] = ()  # left out of the context before .dockerignore
 
 
 @dataclass(frozen=True, slots=True)
@@ -120,6 +121,7 @@ def plan(
     hasher = ContextHasher(
         store_root=store_root,
         dockerfile_path=request.dockerfile_path,
+        extra_excludes=request.context_excludes,
     )
     try:
         by_digest = definition.by_digest()

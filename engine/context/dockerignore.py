@@ -393,15 +393,25 @@ def _failing_line(lines: Sequence[tuple[str, int]]) -> int:
     return 0
 
 
-def load_ignore_rules(context_dir: Path, dockerfile_path: Path | None = None) -> IgnoreRules:
+def load_ignore_rules(
+    context_dir: Path, dockerfile_path: Path | None = None, extra: Sequence[str] = ()
+) -> IgnoreRules:
     """Load the ignore rules for a build.
 
     ``<Dockerfile-name>.dockerignore`` beside the Dockerfile wins over ``<context>/.dockerignore``;
-    with neither, nothing is ignored.
+    with neither, nothing is ignored. ``extra`` patterns (the notebook's own files) come
+    *before* the file's, so a ``!`` line in the file can still bring them back.
 
     Raises:
         ContextError: the ignore file cannot be read or has an invalid pattern.
     """
+    rules = _load_ignore_file(context_dir, dockerfile_path)
+    if not extra:
+        return rules
+    return IgnoreRules.from_patterns([*extra, *rules.patterns], source=rules.source or "extra excludes")
+
+
+def _load_ignore_file(context_dir: Path, dockerfile_path: Path | None) -> IgnoreRules:
     candidates: list[Path] = []
     if dockerfile_path is not None:
         df = dockerfile_path if dockerfile_path.is_absolute() else context_dir / dockerfile_path

@@ -27,10 +27,18 @@ class ContextHasher:
     Args:
         store_root: the store whose ``meta.db`` holds the stat cache; None for no persistence.
         dockerfile_path: the Dockerfile, for ``<Dockerfile>.dockerignore`` precedence.
+        extra_excludes: patterns left out of the main context before its .dockerignore
+            (the notebook leaves out its own ``*.ipynb`` files).
     """
 
-    def __init__(self, store_root: Path | None = None, dockerfile_path: Path | None = None) -> None:
+    def __init__(
+        self,
+        store_root: Path | None = None,
+        dockerfile_path: Path | None = None,
+        extra_excludes: tuple[str, ...] = (),
+    ) -> None:
         self._dockerfile_path = dockerfile_path
+        self._extra_excludes = extra_excludes
         self._db: MetaDB | None = open_meta_db(store_root) if store_root is not None else None
         self._cache = StatCache(self._db) if self._db is not None else None
         self._stack = contextlib.ExitStack()
@@ -43,7 +51,8 @@ class ContextHasher:
             root = Path(source.path)
             # Only the main context honours the Dockerfile's own .dockerignore.
             dockerfile = self._dockerfile_path if source.name == "context" else None
-            tree = ContextTree(root, load_ignore_rules(root, dockerfile))
+            extra = self._extra_excludes if source.name == "context" else ()
+            tree = ContextTree(root, load_ignore_rules(root, dockerfile, extra))
             session = (
                 self._stack.enter_context(self._cache.session(tree.root)) if self._cache else None
             )

@@ -280,9 +280,11 @@ class OpRunner:
         assert loaded.local is not None
         root = Path(loaded.local.path)
         dockerfile = self.dockerfile_path if loaded.local.name == "context" else None
-        return ContextTree(root, load_ignore_rules(root, dockerfile))
+        extra = self.context_excludes if loaded.local.name == "context" else ()
+        return ContextTree(root, load_ignore_rules(root, dockerfile, extra))
 
     dockerfile_path: Path | None = None
+    context_excludes: tuple[str, ...] = ()
 
 
 # The runtime creates mount points for /dev, /proc and /sys when the image has none; crun makes
