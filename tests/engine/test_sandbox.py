@@ -88,13 +88,18 @@ def test_etc_hosts_and_resolv_conf_are_readable_but_not_committed(bk: object) ->
     assert "etc/made-by-run" in files
 
 
-def test_writes_to_etc_hosts_are_not_committed(bk: object) -> None:
+def test_etc_hosts_and_resolv_conf_are_read_only_and_not_committed(bk: object) -> None:
+    # BuildKit bind-mounts both read-only (executor/oci/spec_linux.go withROBind)
     result = bk.build(
-        "FROM busybox\nRUN echo '10.0.0.1 extra' >> /etc/hosts 2>/dev/null; echo done\n",
+        "FROM busybox\n"
+        "RUN for f in /etc/hosts /etc/resolv.conf; do "
+        "if (echo '10.0.0.1 extra' >> $f) 2>/dev/null; then echo \"$f writable\"; "
+        'else echo "$f read-only"; fi; done\n',
         outputs=[f"type=local,dest={bk.tmp / 'out'}"],
     )
-    assert _log(result, "[2/2]").endswith("done\n")
+    assert _log(result, "[2/2]") == "/etc/hosts read-only\n/etc/resolv.conf read-only\n"
     assert not (bk.tmp / "out" / "etc" / "hosts").exists()
+    assert not (bk.tmp / "out" / "etc" / "resolv.conf").exists()
 
 
 def test_etc_hosts_of_the_image_is_kept_in_the_image_but_hidden_during_run(bk: object) -> None:
