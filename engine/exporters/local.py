@@ -2,7 +2,9 @@
 
 Owners, modes, times, xattrs (except overlayfs's own, ``system.*`` and ``security.*`` other than
 ``security.capability``), symlinks, hardlinks, devices and fifos are kept; whiteouts are applied
-(:mod:`engine.exporters.merged`). With ``SOURCE_DATE_EPOCH`` times newer than it are clamped.
+(:mod:`engine.exporters.merged`). With ``SOURCE_DATE_EPOCH`` every entry's time *is* the epoch
+(BuildKit's local exporter, ``exporter/local/fs.go``: ``st.ModTime = epoch`` for each entry; only
+image layers clamp, with ``rewrite-timestamp``); without it times are kept to the nanosecond.
 
 ``dest`` may already exist: entries are written over what is there (like BuildKit's local
 exporter). Writing never follows a symlink in ``dest``: each directory is checked to be a real
@@ -21,7 +23,7 @@ from pathlib import Path
 
 from engine.exporters.merged import walk_merged
 from engine.images.errors import ImageError
-from engine.images.tarwriter import clamp_mtime, read_xattrs
+from engine.images.tarwriter import read_xattrs
 
 __all__ = ["export_local"]
 
@@ -71,7 +73,11 @@ def export_local(
             target = os.path.join(root, entry.rel)
             st = entry.st
             mode = st.st_mode
-            mtime_ns = clamp_mtime(st.st_mtime_ns, source_date_epoch) * 1_000_000_000
+            mtime_ns = (
+                max(0, st.st_mtime_ns)
+                if source_date_epoch is None
+                else source_date_epoch * 1_000_000_000
+            )
             if stat.S_ISSOCK(mode):
                 continue
             if stat.S_ISDIR(mode):

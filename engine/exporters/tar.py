@@ -1,8 +1,10 @@
 """``--output type=tar``: the final filesystem of a build as one deterministic tar.
 
 Entries come from the merged view (:mod:`engine.exporters.merged`: whiteouts applied), sorted,
-with numeric owners kept and times clamped to ``SOURCE_DATE_EPOCH`` when given, written by the
-same writer as layer tars (:mod:`engine.images.tarwriter`).
+with numeric owners kept, written by the same writer as layer tars
+(:mod:`engine.images.tarwriter`). With ``SOURCE_DATE_EPOCH`` every entry's time is the epoch, as
+BuildKit's tar exporter writes it (``exporter/local/fs.go`` sets ``ModTime`` of each entry; only
+image layers clamp newer times, with ``rewrite-timestamp``).
 """
 
 from __future__ import annotations
@@ -30,10 +32,12 @@ def write_merged_tar(
     links: dict[tuple[int, int], bytes] = {}
     try:
         for item in walk_merged(layers):
-            made = entry_for(item.rel, item.host, item.st, epoch=source_date_epoch, links=links)
+            made = entry_for(item.rel, item.host, item.st, epoch=None, links=links)
             if made is None:
                 continue
             entry, has_content = made
+            if source_date_epoch is not None:
+                entry.mtime = source_date_epoch
             if has_content:
                 write_file_entry(writer, entry, item.host)
             else:
