@@ -166,6 +166,8 @@ def build(
         NbbuildError: any other failure.
     """
     from engine.executor.runtime import find_runtime
+    from engine.frontend.namedcontext import prepare_contexts
+    from engine.images.layout import context_resolver
     from engine.images.store import ImageStore, normalize_name, resolver
 
     reporter = reporter or NullReporter()
@@ -176,6 +178,9 @@ def build(
     for ref in (*request.tags, *(dict(o.attrs).get("name", "") for o in request.outputs)):
         for part in filter(None, ref.split(",")):
             normalize_name(part)  # a bad --tag fails before the build, not after it
+    # Named contexts are checked before the build, as buildx does (a relative path is relative
+    # to the working directory).
+    build_contexts = prepare_contexts(request.build_contexts)
     build_id = uuid.uuid4().hex
     store = Store.open(root)
     try:
@@ -184,13 +189,18 @@ def build(
         options = BuildOptions(
             target=request.target,
             build_args=dict(request.build_args),
-            build_contexts=dict(request.build_contexts),
+            build_contexts=build_contexts,
             no_cache=request.no_cache,
             no_cache_filter=request.no_cache_filter,
             labels=dict(request.labels),
             context_dir=str(request.context.resolve()),
         )
-        definition = convert(dockerfile, options, resolve_image=resolver(images))
+        definition = convert(
+            dockerfile,
+            options,
+            resolve_image=resolver(images),
+            resolve_context=context_resolver(images),
+        )
         if request.network:
             definition = _with_network(definition, request.network)
         hasher = ContextHasher(

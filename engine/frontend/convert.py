@@ -623,9 +623,10 @@ class _Converter:
             local = self._local_vertex(
                 named.key, named.path, display=f"[context {named.key}] load from client"
             )
-            # A replaced stage is read as it is (COPY --from, mounts); a stage built FROM the
-            # directory gets it as a root filesystem.
-            st.state = local if st.from_named_context else self._rootfs(local)
+            # A replaced stage or a --from=<name> source is read as it is (COPY --from, mounts);
+            # a stage built FROM the directory gets it as a root filesystem.
+            direct = st.from_named_context or st.unregistered
+            st.state = local if direct else self._rootfs(local)
         if st.base_name == SCRATCH or (named is not None and named.kind in ("local", "scratch")):
             # BuildKit's emptyImage(): WorkingDir "/" (docker inspect shows it on scratch images)
             st.config = ImageConfig(

@@ -35,7 +35,7 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import IO, Any, BinaryIO, cast
+from typing import IO, Any, BinaryIO, Protocol, cast
 
 from engine.errors import StoreError, UsageError
 from engine.frontend import instructions as ins
@@ -538,41 +538,59 @@ def _oci_names(names: list[str], fallback: str | None) -> list[str]:
     return _names([], fallback)
 
 
+class BlobSource(Protocol):
+    """Where :func:`_import_manifest` reads blobs: an image archive or a layout directory."""
+
+    def open(self, name: str) -> IO[bytes]: ...
+
+    def blob(self, digest: str) -> bytes: ...
+
+
+def _import_manifest(
+    images: ImageStore, source: BlobSource, lease: Lease, digest: str
+) -> tuple[tuple[str, ...], bytes, bytes]:
+    """Unpack the layers of the OCI/Docker manifest ``digest`` held by ``source`` (an archive
+    or, in :mod:`engine.images.layout`, a layout directory); returns (snapshot chain, config
+    bytes, manifest bytes), every blob verified against its digest."""
+    manifest_raw = source.blob(digest)
+    try:
+        manifest = json.loads(manifest_raw)
+        config_desc = Descriptor.from_json(manifest["config"])
+        layer_descs = [Descriptor.from_json(d) for d in manifest.get("layers") or []]
+    except (ValueError, KeyError, TypeError, ImageError) as exc:
+        raise ArchiveError(f"manifest {digest} is invalid: {exc}") from None
+    config_raw = source.blob(config_desc.digest)
+    try:
+        doc = json.loads(config_raw)
+    except ValueError as exc:
+        raise ArchiveError(f"config {config_desc.digest} is not valid JSON: {exc}") from None
+    diff_ids = _config_diff_ids(doc)
+    if len(diff_ids) != len(layer_descs):
+        raise ArchiveError(
+            f"config names {len(diff_ids)} layers, manifest {digest} {len(layer_descs)}"
+        )
+    layers: tuple[str, ...] = ()
+    for i, layer_desc in enumerate(layer_descs):
+        if "zstd" in layer_desc.media_type:
+            raise LayerError("zstd-compressed layers are not supported yet")
+        with source.open(_blob_name(layer_desc.digest)) as stream:
+            layers, _blob = _import_layer(
+                images,
+                stream,
+                base=layers,
+                base_diff_ids=diff_ids[:i],
+                lease=lease,
+                expected_diff_id=diff_ids[i],
+                expected_digest=layer_desc.digest,
+                description=layer_desc.digest,
+            )
+    return layers, config_raw, manifest_raw
+
+
 def _load_oci(images: ImageStore, archive: _Archive, lease: Lease, name: str | None) -> list[Image]:
     out: list[Image] = []
     for desc, names in _pick_manifests(archive, archive.json("index.json")):
-        manifest_raw = archive.blob(desc.digest)
-        try:
-            manifest = json.loads(manifest_raw)
-            config_desc = Descriptor.from_json(manifest["config"])
-            layer_descs = [Descriptor.from_json(d) for d in manifest.get("layers") or []]
-        except (ValueError, KeyError, TypeError, ImageError) as exc:
-            raise ArchiveError(f"manifest {desc.digest} is invalid: {exc}") from None
-        config_raw = archive.blob(config_desc.digest)
-        try:
-            doc = json.loads(config_raw)
-        except ValueError as exc:
-            raise ArchiveError(f"config {config_desc.digest} is not valid JSON: {exc}") from None
-        diff_ids = _config_diff_ids(doc)
-        if len(diff_ids) != len(layer_descs):
-            raise ArchiveError(
-                f"config names {len(diff_ids)} layers, manifest {desc.digest} {len(layer_descs)}"
-            )
-        layers: tuple[str, ...] = ()
-        for i, layer_desc in enumerate(layer_descs):
-            if "zstd" in layer_desc.media_type:
-                raise LayerError("zstd-compressed layers are not supported yet")
-            with archive.open(_blob_name(layer_desc.digest)) as stream:
-                layers, _blob = _import_layer(
-                    images,
-                    stream,
-                    base=layers,
-                    base_diff_ids=diff_ids[:i],
-                    lease=lease,
-                    expected_diff_id=diff_ids[i],
-                    expected_digest=layer_desc.digest,
-                    description=layer_desc.digest,
-                )
+        layers, config_raw, manifest_raw = _import_manifest(images, archive, lease, desc.digest)
         for n in _oci_names(names, name):
             out.append(
                 images.store_image(n, layers=layers, config=config_raw, manifest=manifest_raw)
