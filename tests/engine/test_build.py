@@ -408,29 +408,36 @@ def test_failing_run_raises_step_failed_with_step_line_exit_code_and_last_logs(
     dockerfile = """\
 FROM busybox
 RUN echo fine
-RUN for i in $(seq 1 40); do echo "line $i"; done; echo "oops" >&2; exit 7
+RUN { for i in $(seq 1 40); do echo "line $i"; done; echo "oops" >&2; } 2>&1; exit 7
 RUN echo never
 """
     with pytest.raises(StepFailed) as info:
         bk.build(dockerfile)
     err = info.value
-    assert err.step.startswith("[3/4] RUN for i in")
+    assert err.step.startswith("[3/4] RUN { for i in")
     assert err.line == 3
     assert err.exit_code == 7
-    # stdout and stderr are two pipes: their relative order is not defined, the tail is.
-    assert set(err.logs[-2:]) == {"oops", "line 40"}
+    # (stderr joins stdout in the shell: two pipes would leave the order undefined)
+    assert err.logs[-2:] == ("line 40", "oops")
     assert len(err.logs) == 20  # the last lines only
     assert "line 1" not in err.logs
     text = str(err)
-    assert text.startswith("[3/4] RUN for i in")
+    assert text.startswith("[3/4] RUN { for i in")
     assert "(Dockerfile:3)" in text
     assert "did not complete successfully: exit code: 7" in text
-    assert "| oops" in text and "| line 40" in text
+    assert text.endswith("  | line 40\n  | oops")
     by_name = {v.name: v for v in bk.reporters[-1].vertices().values()}
     assert by_name[err.step].status == "failed"
     assert by_name["[2/4] RUN echo fine"].status == "executed"
     never = by_name.get("[4/4] RUN echo never")
     assert never is None or never.status != "executed"
+
+
+def test_step_failed_logs_include_stderr(bk: object) -> None:
+    with pytest.raises(StepFailed) as info:
+        bk.build("FROM busybox\nRUN echo to-stderr >&2; exit 1\n")
+    assert info.value.logs == ("to-stderr",)
+    assert info.value.exit_code == 1
 
 
 def test_failed_step_is_not_cached_and_steps_before_it_are(bk: object) -> None:
