@@ -85,6 +85,14 @@ def test_local_context_overrides_a_stage_of_that_name(bk: Any) -> None:
     assert "[context base] load from client" in names
     assert not any("RUN false" in n for n in names)
 
+    # a stage built FROM the replaced stage starts from the directory
+    result = bk.build(
+        "FROM busybox AS base\nRUN false\nFROM base\nCOPY --from=busybox /bin /bin\n"
+        "RUN cat /out && test ! -e /out2\n",
+        build_contexts={"base": str(other)},
+    )
+    assert result.step("[stage-1 2/2]").logs == b"dummy-result"
+
 
 def test_local_context_ignores_the_main_dockerignore_and_vice_versa(bk: Any) -> None:
     other = _out(bk, "other")
@@ -236,6 +244,17 @@ def test_image_context_overrides_a_stage_and_brings_its_config(bk: Any) -> None:
     files = _files(dest)
     assert files["env_foobar"] == "FOOBAR=foobar\n"
     assert "/foobar:" in files["env_path"]
+
+
+def test_image_context_onbuild_triggers_fire(bk: Any) -> None:
+    bk.build("FROM busybox\nONBUILD RUN echo fired > /trigger\n", tags=("trig:1",))
+    dest = _out(bk, "dest")
+    bk.build(
+        "FROM base AS b\nRUN cat /trigger\nFROM scratch\nCOPY --from=b /trigger /\n",
+        build_contexts={"base": "docker-image://trig:1"},
+        outputs=[f"type=local,dest={dest}"],
+    )
+    assert _files(dest) == {"trigger": "fired\n"}
 
 
 def test_replacing_a_stage_based_on_another_stage(bk: Any) -> None:
