@@ -110,9 +110,13 @@ class OpRunner:
             fetched = httpsrc.fetch(source, dest)
             return dest, op.cache_map(fetched.digest)
         ref = gitsrc.GitRef(remote=op.remote, ref=op.ref or None, subdir=op.subdir)
-        commit = op.commit or gitsrc.resolve(ref)
-        if op.checksum and not commit.startswith(op.checksum):
-            raise BuildError(f"checksum mismatch: {op.checksum} is not a prefix of {commit}")
+        # resolve_ref validates and verifies --checksum with BuildKit's words ("invalid checksum
+        # … expected hex commit hash", "expected checksum to match …", against the ref's sha or
+        # the commit it peels to); a full commit sha as the ref needs no network.
+        checked = gitsrc.GitRef(
+            remote=op.remote, ref=op.ref or None, subdir=op.subdir, checksum=op.checksum or None
+        )
+        commit = op.commit if op.commit and not op.checksum else gitsrc.resolve_ref(checked).commit
         gitsrc.checkout(ref, commit, dest, op.keep_git_dir)
         return dest, op.cache_map(commit)
 
