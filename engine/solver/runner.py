@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING
 from engine.context.tree import ContextTree
 from engine.digest import sha256_of_json
 from engine.errors import BuildCanceled, BuildError, EntitlementError, StepFailed
+from engine.executor.errors import ExecutorError
 from engine.executor.process import Mount as ProcessMount
 from engine.executor.process import ProcessSpec
 from engine.graph.ops import (
@@ -223,8 +224,17 @@ class OpRunner:
                 stderr=stream(2),
                 cancel=cancel,
             )
-        except BuildError:
-            raise
+        except ExecutorError as exc:
+            # The container did not start (unknown user, bad working directory, missing
+            # executable): say which step, like a failing RUN.
+            shutil.rmtree(upper, ignore_errors=True)
+            raise StepFailed(
+                name,
+                str(exc),
+                line=vertex.meta.line,
+                logs=tuple(tail),
+                filename=self.filename,
+            ) from None
         finally:
             shutil.rmtree(work, ignore_errors=True)
             if empty is not None:
