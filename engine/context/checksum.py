@@ -203,6 +203,9 @@ class _Hasher:
     tree: ReadTree
     normalize_owner: bool
     cache: StatCacheSession | None
+    # When set, collects what was hashed: ``{rel: digest}`` for each non-directory entry and
+    # ``{rel + "/": header digest}`` for each directory below the root (a manifest).
+    record: dict[str, str] | None = None
     _memo: dict[str, str] = field(default_factory=dict)
 
     def header_digest(self, rel: str, st: os.stat_result) -> str:
@@ -225,13 +228,18 @@ class _Hasher:
         if st is None:
             raise ContextError(f"{rel}: not found")
         if stat.S_ISDIR(st.st_mode):
-            parts = [b"\0", self.header_digest(rel, st).encode()]
+            header = self.header_digest(rel, st)
+            if self.record is not None and rel:
+                self.record[rel + "/"] = header
+            parts = [b"\0", header.encode()]
             for name in self.tree.children(rel):
                 child = f"{rel}/{name}" if rel else name
                 parts += [b"\0", os.fsencode(name), self.entry_digest(child).encode()]
             digest = _sha(b"".join(parts))
         else:
             digest = self.file_digest(rel, st)
+            if self.record is not None:
+                self.record[rel] = digest
         self._memo[rel] = digest
         return digest
 
@@ -401,13 +409,18 @@ def _checksum(
     cache: StatCacheSession | None,
     *,
     ref: str = "context",
+    manifest: dict[str, str] | None = None,
 ) -> str:
     """The checksum of one selector of ``tree`` (what :func:`checksum_path` computes).
 
-    ``ref`` names the tree in a not-found error, as BuildKit names the ref it hashed.
+    ``ref`` names the tree in a not-found error, as BuildKit names the ref it hashed. When
+    ``manifest`` is given, the selection's entries are added to it while hashing (nothing is
+    hashed twice): ``{relpath: digest}`` per file, symlink or other non-directory (relpath
+    inside the tree, resolved), ``{relpath + "/": header digest}`` per directory below the
+    tree's root.
     """
     p = go_clean("/" + path)
-    hasher = _Hasher(tree, normalize_owner, cache)
+    hasher = _Hasher(tree, normalize_owner, cache, manifest)
     wildcard = wildcard and contains_wildcards(p)
     if not wildcard and not include and not exclude:
         res = tree.resolve(p, follow_links)
@@ -451,6 +464,10 @@ def _checksum(
                 raise _not_found(item.path, ref)
             item.digest = hasher.entry_digest(target.rel)
 
+    if manifest is not None:
+        for item in included:
+            if item.rel and _is_dir(tree, item.rel):
+                manifest[item.rel + "/"] = item.digest
     if not included:
         return EMPTY_DIGEST
     if len(included) == 1 and _base(p) == _base(included[0].path):
@@ -462,6 +479,11 @@ def _checksum(
         key = os.fsencode(rel).replace(b"/", b"\0") or b"\0"
         parts += [key, item.digest.encode()]
     return _sha(b"".join(parts))
+
+
+def _is_dir(tree: ReadTree, rel: str) -> bool:
+    st = tree.lstat(rel)
+    return st is not None and stat.S_ISDIR(st.st_mode)
 
 
 def _base(p: str) -> str:

@@ -8,6 +8,7 @@ no-op rebuild re-reads no unchanged file.
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Mapping
 from pathlib import Path
 
 from engine.context import checksum as _checksum
@@ -44,6 +45,7 @@ class ContextHasher:
         self._stack = contextlib.ExitStack()
         self._trees: dict[str, tuple[ContextTree, StatCacheSession | None]] = {}
         self._memo: dict[tuple[str, ContentSpec], str] = {}
+        self._manifests: dict[tuple[str, ContentSpec], dict[str, str]] = {}
 
     def _open(self, source: LocalSource) -> tuple[ContextTree, StatCacheSession | None]:
         opened = self._trees.get(source.path)
@@ -76,6 +78,7 @@ class ContextHasher:
         if found is not None:
             return found
         tree, session = self._open(source)
+        manifest: dict[str, str] = {}
         digests = [
             _checksum._checksum(
                 tree,
@@ -86,12 +89,29 @@ class ContextHasher:
                 sel.exclude,
                 True,  # a local context's owners are normalised to 0, as buildx does
                 session,
+                manifest=manifest,
             )
             for sel in spec.selectors
         ]
         result = digests[0] if len(digests) == 1 else sha256_digest("\0".join(digests).encode())
         self._memo[memo_key] = result
+        self._manifests[memo_key] = manifest
         return result
+
+    def manifest(self, source: LocalSource, spec: ContentSpec) -> Mapping[str, str]:
+        """What :meth:`checksum` hashed for ``spec``: ``{relpath: digest}`` per file (and
+        ``{relpath + "/": header digest}`` per directory), paths relative to the context root.
+
+        Collected while checksumming, so asking after :meth:`checksum` hashes nothing again.
+
+        Raises:
+            ContextError: as :meth:`checksum`.
+        """
+        memo_key = (source.path, spec)
+        if memo_key not in self._manifests:
+            self._memo.pop(memo_key, None)
+            self.checksum(source, spec)
+        return self._manifests[memo_key]
 
     def close(self) -> None:
         """Write stat-cache updates and close the database."""

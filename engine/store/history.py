@@ -12,7 +12,7 @@ import sqlite3
 from dataclasses import dataclass, field
 from typing import Any
 
-__all__ = ["BuildRecord", "StepRecord", "builds", "last_build", "record_build"]
+__all__ = ["BuildRecord", "StepRecord", "builds", "builds_named", "last_build", "record_build"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -30,6 +30,10 @@ class StepRecord:
     duration_ns: int = 0
     saved_ns: int = 0  # for cached steps: the recorded execution time of the result reused
     preimage: dict[str, Any] = field(default_factory=dict)
+    # Per input index (as a string, JSON's keys): what the step's content candidate covered,
+    # for "file src/main.go changed" (engine.explain.compact_manifest's form: capped in size).
+    manifests: dict[str, Any] = field(default_factory=dict)
+    reason: str = ""  # why it ran, against the previous build of the name (engine.explain)
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,6 +83,15 @@ def builds(conn: sqlite3.Connection, limit: int = 50) -> list[BuildRecord]:
     """The most recent builds, newest first."""
     rows = conn.execute(
         f"SELECT {_COLUMNS} FROM builds ORDER BY time_ns DESC, id DESC LIMIT ?", (limit,)
+    ).fetchall()
+    return [_from_row(r) for r in rows]
+
+
+def builds_named(conn: sqlite3.Connection, name: str, limit: int = 2) -> list[BuildRecord]:
+    """The most recent builds recorded under ``name``, newest first."""
+    rows = conn.execute(
+        f"SELECT {_COLUMNS} FROM builds WHERE name = ? ORDER BY time_ns DESC, id DESC LIMIT ?",
+        (name, limit),
     ).fetchall()
     return [_from_row(r) for r in rows]
 
