@@ -12,7 +12,7 @@ import threading
 import time
 import uuid
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -130,6 +130,9 @@ class BuildResult:
     # the image manifest's descriptor (mediaType, digest, size) when an image was made (a tag,
     # type=image/oci/docker): buildx's ``containerimage.descriptor``
     descriptor: Mapping[str, Any] | None = None
+    # why each step that did not hit ran (step digest → one line, engine.explain), against the
+    # previous build of the same name
+    reasons: Mapping[str, str] = field(default_factory=dict)
 
     def step(self, name_prefix: str) -> StepResult:
         """The step whose name starts with ``name_prefix`` (``"[builder 4/6]"``)."""
@@ -203,6 +206,10 @@ def build(
         )
         if request.network:
             definition = _with_network(definition, request.network)
+        # Checked before anything runs, as BuildKit does: a bad epoch or a missing entitlement
+        # must not leave half a build behind (nor reuse a cached host-network step).
+        epoch = _source_date_epoch(definition.source_date_epoch)
+        _check_entitlements(definition, request.allow)
         hasher = ContextHasher(
             store_root=root,
             dockerfile_path=request.dockerfile_path,
@@ -277,28 +284,34 @@ def build(
                 except NbbuildError as exc:
                     status, error = "failed", exc
                 steps = _steps(definition, states, fast_keys)
+                manifests = _manifests(definition, fast_keys, hasher)
+                records = [
+                    StepRecord(
+                        digest=s.digest,
+                        name=s.name,
+                        step=s.step,
+                        stage=s.stage,
+                        line=s.line,
+                        instruction=s.instruction,
+                        key=s.key,
+                        status=s.status,
+                        duration_ns=s.duration_ns,
+                        saved_ns=s.saved_ns,
+                        preimage=dict(s.preimage),
+                        manifests=manifests.get(s.digest, {}),
+                    )
+                    for s in steps
+                ]
+                # Why each step ran: against the previous build of this name, read before
+                # this one is recorded.
+                reasons = _reasons(records, store.last_build(name), dockerfile, definition)
                 store.record_build(
                     BuildRecord(
                         name=name,
                         time_ns=started,
                         target=definition.target_stage,
                         status=status,
-                        steps=tuple(
-                            StepRecord(
-                                digest=s.digest,
-                                name=s.name,
-                                step=s.step,
-                                stage=s.stage,
-                                line=s.line,
-                                instruction=s.instruction,
-                                key=s.key,
-                                status=s.status,
-                                duration_ns=s.duration_ns,
-                                saved_ns=s.saved_ns,
-                                preimage=dict(s.preimage),
-                            )
-                            for s in steps
-                        ),
+                        steps=tuple(replace(r, reason=reasons.get(r.digest, "")) for r in records),
                         tag=request.tags[0] if request.tags else "",
                         context=str(request.context.resolve()),
                     )
@@ -315,7 +328,7 @@ def build(
                     raise error
                 config = _image_config(definition)
                 image_id, descriptor = _finish_outputs(
-                    request, store, images, loaded.layers, config
+                    request, store, images, loaded.layers, config, epoch
                 )
                 reporter.emit(
                     BuildFinished(
@@ -332,6 +345,7 @@ def build(
                     image_id=image_id,
                     tags=request.tags,
                     descriptor=descriptor,
+                    reasons=reasons,
                 )
         finally:
             hasher.close()
@@ -419,6 +433,48 @@ def _steps(
     return tuple(out)
 
 
+def _manifests(
+    definition: Definition, fast_keys: Mapping[str, Any], hasher: ContextHasher
+) -> dict[str, dict[str, Any]]:
+    """Per step, per input index: the context files its content candidate covered (capped)."""
+    from engine.explain import compact_manifest
+
+    by_digest = definition.by_digest()
+    out: dict[str, dict[str, Any]] = {}
+    for v in definition.vertices:
+        for c in fast_keys[v.digest].content:
+            source = by_digest[v.inputs[c.input]]
+            if isinstance(source.op, LocalSource) and c.checksum is not None:
+                try:
+                    files = hasher.manifest(source.op, c.spec)
+                except NbbuildError:
+                    continue
+                out.setdefault(v.digest, {})[str(c.input)] = compact_manifest(files)
+    return out
+
+
+def _reasons(
+    records: list[StepRecord],
+    previous: BuildRecord | None,
+    dockerfile: Any,
+    definition: Definition,
+) -> dict[str, str]:
+    """One line per step that ran saying why (engine.explain); {} if explaining fails."""
+    from engine.explain import arg_names, explain
+
+    try:
+        explained = explain(
+            records,
+            previous,
+            arg_names=arg_names(dockerfile),
+            ignored={v.digest for v in definition.vertices if v.meta.ignore_cache},
+            inputs={v.digest: v.inputs for v in definition.vertices},
+        )
+    except Exception:  # a diagnostic must never fail the build it describes
+        return {}
+    return {digest: e.reason for digest, e in explained.items()}
+
+
 def _image_config(definition: Definition) -> dict[str, Any]:
     return definition.config.to_json()
 
@@ -429,6 +485,7 @@ def _finish_outputs(
     images: Any,
     layers: tuple[str, ...],
     config: dict[str, Any],
+    epoch: int | None,
 ) -> tuple[str | None, dict[str, Any] | None]:
     """Tag and export the result; returns the image ID and manifest descriptor (None, None
     when no image was made: only local/tar outputs, or none)."""
@@ -436,7 +493,6 @@ def _finish_outputs(
     from engine.images.config import MEDIA_TYPE_OCI_MANIFEST
 
     image_id: str | None = None
-    epoch = _source_date_epoch(request.build_args)
     if epoch is None:
         # One build, one image: every tag and every image output gets the same creation time
         # (the exporters only fill in missing times), so they all have the same ID.
@@ -487,8 +543,27 @@ def _stamped(config: dict[str, Any], now_ns: int) -> dict[str, Any]:
     return out
 
 
-def _source_date_epoch(build_args: Mapping[str, str]) -> int | None:
-    value = build_args.get("SOURCE_DATE_EPOCH")
+def _check_entitlements(definition: Definition, allow: frozenset[str]) -> None:
+    from engine.errors import EntitlementError
+    from engine.graph.ops import ExecOp
+
+    for vertex in definition.vertices:
+        op = vertex.op
+        if not isinstance(op, ExecOp):
+            continue
+        if op.network == "host" and "network.host" not in allow:
+            raise EntitlementError(
+                f"{vertex.meta.name}: network.host is not allowed: "
+                "pass --allow network.host to grant it"
+            )
+        if op.security == "insecure" and "security.insecure" not in allow:
+            raise EntitlementError(
+                f"{vertex.meta.name}: security.insecure is not allowed: "
+                "pass --allow security.insecure to grant it"
+            )
+
+
+def _source_date_epoch(value: str | None) -> int | None:
     if value is None or value == "":
         return None
     try:

@@ -108,13 +108,40 @@ def build_env(spec: ProcessSpec, user: ResolvedUser) -> list[str]:
     return env
 
 
+# Every capability the kernel knows (Linux 5.9+: CAP_CHECKPOINT_RESTORE is 40), for
+# RUN --security=insecure, which BuildKit runs like `docker run --privileged`.
+ALL_CAPABILITIES: tuple[str, ...] = (
+    "CAP_CHOWN", "CAP_DAC_OVERRIDE", "CAP_DAC_READ_SEARCH", "CAP_FOWNER", "CAP_FSETID",
+    "CAP_KILL", "CAP_SETGID", "CAP_SETUID", "CAP_SETPCAP", "CAP_LINUX_IMMUTABLE",
+    "CAP_NET_BIND_SERVICE", "CAP_NET_BROADCAST", "CAP_NET_ADMIN", "CAP_NET_RAW",
+    "CAP_IPC_LOCK", "CAP_IPC_OWNER", "CAP_SYS_MODULE", "CAP_SYS_RAWIO", "CAP_SYS_CHROOT",
+    "CAP_SYS_PTRACE", "CAP_SYS_PACCT", "CAP_SYS_ADMIN", "CAP_SYS_BOOT", "CAP_SYS_NICE",
+    "CAP_SYS_RESOURCE", "CAP_SYS_TIME", "CAP_SYS_TTY_CONFIG", "CAP_MKNOD", "CAP_LEASE",
+    "CAP_AUDIT_WRITE", "CAP_AUDIT_CONTROL", "CAP_SETFCAP", "CAP_MAC_OVERRIDE",
+    "CAP_MAC_ADMIN", "CAP_SYSLOG", "CAP_WAKE_ALARM", "CAP_BLOCK_SUSPEND", "CAP_AUDIT_READ",
+    "CAP_PERFMON", "CAP_BPF", "CAP_CHECKPOINT_RESTORE",
+)  # fmt: skip
+
+
+def _grantable(names: tuple[str, ...]) -> tuple[str, ...]:
+    """The capabilities of ``names`` that this process may hand out (its own bounding set):
+    asking the runtime for more fails with EPERM, e.g. inside a container that dropped some."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as status:
+            line = next(ln for ln in status if ln.startswith("CapBnd:"))
+        bounding = int(line.split()[1], 16)
+    except (OSError, StopIteration, ValueError):
+        return names
+    return tuple(n for i, n in enumerate(names) if bounding >> i & 1)
+
+
 def generate_config(
     spec: ProcessSpec, user: ResolvedUser, rootfs: Path, bundle: Path
 ) -> dict[str, Any]:
     """The OCI ``config.json`` content for ``spec`` running over ``rootfs``."""
     # A non-root user gets no effective capabilities, as Docker and BuildKit users expect
     # (`USER nobody` cannot chown or read root's files).
-    caps = list(DEFAULT_CAPABILITIES)
+    caps = list(_grantable(ALL_CAPABILITIES) if spec.privileged else DEFAULT_CAPABILITIES)
     running_caps = caps if user.uid == 0 else []
     namespaces: list[dict[str, str]] = [
         {"type": "pid"},
@@ -159,7 +186,7 @@ def generate_config(
             "destination": "/sys",
             "type": "sysfs",
             "source": "sysfs",
-            "options": ["nosuid", "noexec", "nodev", "ro"],
+            "options": ["nosuid", "noexec", "nodev"] + ([] if spec.privileged else ["ro"]),
         },
         {
             "destination": "/etc/hosts",
@@ -207,8 +234,9 @@ def generate_config(
         "mounts": mounts,
         "linux": {
             "namespaces": namespaces,
-            "maskedPaths": list(_MASKED_PATHS),
-            "readonlyPaths": list(_READONLY_PATHS),
+            # privileged (--security=insecure): nothing masked, nothing read-only
+            "maskedPaths": [] if spec.privileged else list(_MASKED_PATHS),
+            "readonlyPaths": [] if spec.privileged else list(_READONLY_PATHS),
             "rootfsPropagation": "private",
         },
     }

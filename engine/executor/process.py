@@ -67,6 +67,7 @@ class ProcessSpec:
         hostname: the UTS hostname.
         network: ``default``, ``none`` or ``host``.
         mounts: extra bind mounts.
+        privileged: every capability, writable /sys, no masked paths (``--security=insecure``).
     """
 
     args: tuple[str, ...]
@@ -76,6 +77,7 @@ class ProcessSpec:
     hostname: str = DEFAULT_HOSTNAME
     network: Network = "default"
     mounts: tuple[Mount, ...] = ()
+    privileged: bool = False  # RUN --security=insecure (needs the security.insecure entitlement)
 
 
 @dataclass(frozen=True)

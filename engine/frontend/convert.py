@@ -1359,11 +1359,15 @@ class _Converter:
         state = self._rootfs(target.state)  # a target replaced by a local context
         needed = _ancestors(self.graph.vertices, state)
         vertices = tuple(v for d, v in self.graph.vertices.items() if d in needed)
+        epoch = self.opts.build_args.get("SOURCE_DATE_EPOCH") or self.global_args.get(
+            "SOURCE_DATE_EPOCH"
+        )
         return Definition(
             vertices=vertices,
             target=state,
             config=config,
             target_stage=target.stage.name if target.stage else "",
+            source_date_epoch=epoch or None,
         )
 
 

@@ -62,6 +62,9 @@ class Definition:
     target: str | None  # digest of the target's final vertex; None for an empty scratch stage
     config: ImageConfig
     target_stage: str
+    # SOURCE_DATE_EPOCH as the build resolved it: a --build-arg, else the Dockerfile's global
+    # ARG default (BuildKit reads both); as written, validated by the build.
+    source_date_epoch: str | None = None
 
     def __iter__(self) -> Iterator[Vertex]:
         return iter(self.vertices)

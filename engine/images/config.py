@@ -208,12 +208,10 @@ def build_image_config(
         history.append({"created_by": "created by nbbuild", "comment": _EXPORTER_COMMENT})
     for h in history:
         created = h.get("created")
+        # Entries with a time come from the base image: BuildKit keeps them as they are
+        # (moby/buildkit#4614); entries this build made get the build's (or the epoch's) time.
         if not isinstance(created, str) or not created:
             h["created"] = stamp
-        elif source_date_epoch is not None:
-            parsed = _parse_time_ns(created)
-            if parsed is None or parsed > time_ns:
-                h["created"] = stamp
     out["history"] = history
     created = out.get("created")
     if source_date_epoch is not None and isinstance(created, str):

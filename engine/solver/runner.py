@@ -164,12 +164,10 @@ class OpRunner:
             raise EntitlementError(
                 f"{name}: network.host is not allowed: pass --allow network.host to grant it"
             )
-        if op.security == "insecure":
-            if "security.insecure" not in self.allow:
-                raise EntitlementError(
-                    f"{name}: security.insecure is not allowed: pass --allow security.insecure"
-                )
-            raise BuildError(f"{name}: RUN --security=insecure is not supported yet")
+        if op.security == "insecure" and "security.insecure" not in self.allow:
+            raise EntitlementError(
+                f"{name}: security.insecure is not allowed: pass --allow security.insecure"
+            )
         extra: list[ProcessMount] = []
         for mount in op.mounts:
             if mount.output:
@@ -215,6 +213,7 @@ class OpRunner:
             user=op.user,
             network=op.network,
             mounts=tuple(extra),
+            privileged=op.security == "insecure",
         )
         try:
             result = self.executor.run(

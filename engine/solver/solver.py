@@ -310,7 +310,9 @@ class Solver:
             exec_ns=exec_ns,
             description=vertex.meta.name,
             lease=self.lease,
-            fresh=ignore,  # --no-cache: the new result replaces the old one under its keys
+            # --no-cache, or an input that did not propagate its keys (it re-ran under
+            # --no-cache): the new result replaces whatever is stored under these keys.
+            fresh=ignore or not all(i.propagate for i in inputs if i.local is None),
         )
         self._set(vertex, status="executed", completed_ns=time.time_ns())
         return Loaded(layers=result.layers, keys=tuple(keys), propagate=not ignore, result=result)

@@ -652,27 +652,37 @@ def _fetch_commit(
     timeout: float | None,
 ) -> None:
     what = f"failed to fetch remote {_redact(gitref.remote)}"
-    try:
-        _run(
-            git,
-            ["fetch", "--depth=1", "--no-tags", "--", gitref.remote, commit],
-            env,
-            cwd=repo,
-            timeout=timeout,
-            what=what,
-        )
-    except SourceError:
-        # Some servers refuse to serve an unadvertised sha: fetch the ref it was resolved from.
-        if not gitref.ref or is_full_commit(gitref.ref):
-            raise
-        _run(
-            git,
-            ["fetch", "--depth=1", "--no-tags", "--", gitref.remote, gitref.ref],
-            env,
-            cwd=repo,
-            timeout=timeout,
-            what=what,
-        )
+    # Like BuildKit's git client: a shallow fetch of the commit first; servers that cannot
+    # serve an unadvertised sha get the ref it was resolved from; transports that cannot do
+    # shallow fetches at all (git's "dumb" HTTP) get a full fetch.
+    attempts: list[list[str]] = [["--depth=1", commit]]
+    if gitref.ref and not is_full_commit(gitref.ref):
+        attempts.append(["--depth=1", gitref.ref])
+    attempts.append(["+refs/heads/*:refs/nbbuild/heads/*", "+refs/tags/*:refs/nbbuild/tags/*"])
+    last: SourceError | None = None
+    for extra in attempts:
+        refspec = [a for a in extra if not a.startswith("--")]
+        flags = [a for a in extra if a.startswith("--")]
+        try:
+            _run(
+                git,
+                ["fetch", *flags, "--no-tags", "--", gitref.remote, *refspec],
+                env,
+                cwd=repo,
+                timeout=timeout,
+                what=what,
+            )
+        except SourceError as exc:
+            last = exc
+            continue
+        if not flags:
+            # A full fetch brings every branch and tag: point FETCH_HEAD at the commit itself
+            # (this fails, as it should, when the remote does not have it).
+            _run(git, ["update-ref", "FETCH_HEAD", commit], env, cwd=repo, timeout=timeout, what=what)
+        break
+    else:
+        assert last is not None
+        raise last
     got = _run(
         git,
         ["rev-parse", "--verify", "FETCH_HEAD^{commit}"],
