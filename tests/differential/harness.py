@@ -60,7 +60,7 @@ BASE_IMAGE = "busybox"
 TAG_PREFIX = "nbbuild-diff/"
 
 # Bump when what is recorded for a case changes, so cached oracle results are recomputed.
-HARNESS_VERSION = 5
+HARNESS_VERSION = 6
 
 # Image config fields BuildKit 0.8's Dockerfile frontend sets (dockerfile2llb's Image type).
 # Not compared: Hostname, Domainname, Attach*, Tty, OpenStdin, StdinOnce, Image, NetworkDisabled,
@@ -392,8 +392,12 @@ def _xattrs_of(path: Path) -> dict[str, str]:
 
 
 def manifest_dir(root: Path) -> dict[str, dict[str, Any]]:
-    """Manifest of a directory tree (the root itself excluded)."""
-    entries: dict[str, dict[str, Any]] = {}
+    """Manifest of a directory tree; the root itself is ``.`` (mode and owner only: BuildKit's
+    local exporter creates a missing destination 0700, filesync.syncTargetDiffCopy)."""
+    rst = root.lstat()
+    entries: dict[str, dict[str, Any]] = {
+        ".": {"type": "dir", "mode": oct(stat.S_IMODE(rst.st_mode)), "uid": rst.st_uid, "gid": rst.st_gid}
+    }
     groups: dict[tuple[int, int], list[str]] = {}
     for dirpath, dirnames, filenames in os.walk(root):
         for name in [*dirnames, *filenames]:

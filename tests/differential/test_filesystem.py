@@ -34,9 +34,11 @@ def test_buildkit_exports_agree(case: Any, buildkit_case: Any) -> None:
     """Self-check of the harness and a BuildKit quirk: the local exporter writes exactly the tar
     exporter's tree except that every entry belongs to the client (filesync resets uid/gid)."""
     res = buildkit_case(case)
-    local, tar = res["local"], res["tar"]
+    local, tar = dict(res["local"]), res["tar"]
+    root = local.pop(".")
+    assert root["mode"] == "0o700", "the local exporter creates a missing destination 0700"
     assert harness.diff_manifests(harness.without_ownership(tar), harness.without_ownership(local)) == []
-    owners = {(e["uid"], e["gid"]) for e in local.values()}
+    owners = {(e["uid"], e["gid"]) for e in [root, *local.values()]}
     assert owners <= {(os.getuid(), os.getgid())}
 
 
