@@ -75,8 +75,9 @@ def whatif(
     Args:
         request: a :class:`~engine.build.BuildRequest` or :class:`~engine.plan.PlanRequest`.
         root: the store.
-        changed_paths: context paths (relative to the context) to treat as changed, with
-            unknown new content; a path that does not exist counts as about to be created.
+        changed_paths: context paths (relative to the context, or absolute inside it) to treat
+            as changed, with unknown new content; a path that does not exist counts as about to
+            be created; ``"."`` is everything.
         build_args: overrides merged over the request's build args.
         name: the build name whose last build explains the reasons (default: as ``build``).
 
@@ -89,7 +90,7 @@ def whatif(
     """
     if not request.context.is_dir():
         raise UsageError(f"build context {str(request.context)!r} is not a directory")
-    changed = _normalise(changed_paths)
+    changed = _normalise(changed_paths, request.context)
     args = {**request.build_args, **(build_args or {})}
     store = Store.open(root)
     try:
@@ -166,11 +167,17 @@ def _definition(
     return definition, dockerfile
 
 
-def _normalise(paths: Sequence[str]) -> tuple[str, ...]:
+def _normalise(paths: Sequence[str], context: Path) -> tuple[str, ...]:
+    """Context-relative paths ("" is the whole context); absolute ones must be inside it."""
+    root = Path(os.path.abspath(context))
     out = []
     for p in paths:
-        norm = posixpath.normpath("/" + p.replace(os.sep, "/")).lstrip("/")
-        out.append(norm)  # "" is the whole context
+        if os.path.isabs(p):
+            try:
+                p = str(Path(os.path.abspath(p)).relative_to(root))
+            except ValueError:
+                raise UsageError(f"{p!r} is not inside the build context {str(root)!r}") from None
+        out.append(posixpath.normpath("/" + p).lstrip("/"))
     return tuple(dict.fromkeys(out))
 
 

@@ -399,3 +399,21 @@ def test_diff_preimages_fields() -> None:
 def test_arg_names_leave_out_env() -> None:
     df = "ARG G=1\nFROM busybox\nARG G\nARG A=1 B\nENV B=2 C=3\nRUN true\n"
     assert arg_names(df) == frozenset({"G", "A"})
+
+
+def test_same_preimage_reasons_follow_the_previous_status() -> None:
+    pre = {"op": {"type": "buildkit.exec.v0", "meta": {"args": ["true"]}}, "deps": []}
+    cur = [_step("c", "[2/2] RUN true", 2, "RUN true", preimage=pre)]
+
+    def previous(status: str) -> BuildRecord:
+        step = _step("p", "[2/2] RUN true", 2, "RUN true", preimage=pre, status=status)
+        return BuildRecord("n", 1, "", "failed", (step,))
+
+    assert explain(cur, previous("failed"))["c"].reason == "failed in the previous build"
+    assert explain(cur, previous("canceled"))["c"].reason == "canceled in the previous build"
+    assert explain(cur, previous("skipped"))["c"].reason == (
+        "not in cache (the previous build did not build it)"
+    )
+    assert explain(cur, previous("executed"))["c"] == Explanation(
+        "not in cache (pruned?)", (), "not in cache"
+    )

@@ -10,6 +10,9 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
+import pytest
+
+from engine.errors import UsageError
 from engine.plan import PlanRequest
 from engine.store.store import Store
 from engine.whatif import Prediction, whatif
@@ -327,3 +330,16 @@ def test_pipeline_predictions_match_real_builds(bk: Any) -> None:
             assert got["[stage-2 2/4]"] == "cached" and got["[build 5/5]"] == "cached"
     assert seen["depends on output"] >= {"[build 3/5]", "[build 5/5]"}
     assert "[stage-2 4/4]" in seen["will run"] and "[stage-2 4/4]" in seen["cached"]
+
+
+def test_absolute_and_whole_context_paths(bk: Any) -> None:
+    bk.write(FILES)
+    bk.build(DF)
+    absolute = predict(bk, changed_paths=[str(bk.ctx / "src" / "b.txt")])
+    assert verdicts(absolute)["[5/6]"] == "will run"
+    assert verdicts(absolute)["[3/6]"] == "cached"
+    everything = predict(bk, changed_paths=["."])
+    assert verdicts(everything)["[3/6]"] == "will run"
+    assert why(everything, "[3/6]") == "`.` changed"
+    with pytest.raises(UsageError, match="not inside the build context"):
+        predict(bk, changed_paths=["/etc/passwd"])
