@@ -43,12 +43,15 @@ class ContextHasher:
         self._db: MetaDB | None = open_meta_db(store_root) if store_root is not None else None
         self._cache = StatCache(self._db) if self._db is not None else None
         self._stack = contextlib.ExitStack()
-        self._trees: dict[str, tuple[ContextTree, StatCacheSession | None]] = {}
-        self._memo: dict[tuple[str, ContentSpec], str] = {}
-        self._manifests: dict[tuple[str, ContentSpec], dict[str, str]] = {}
+        # Keyed by (is main context, path): a named context at the main context's directory
+        # has its own ignore rules.
+        self._trees: dict[tuple[bool, str], tuple[ContextTree, StatCacheSession | None]] = {}
+        self._memo: dict[tuple[bool, str, ContentSpec], str] = {}
+        self._manifests: dict[tuple[bool, str, ContentSpec], dict[str, str]] = {}
 
     def _open(self, source: LocalSource) -> tuple[ContextTree, StatCacheSession | None]:
-        opened = self._trees.get(source.path)
+        tree_key = (source.name == "context", source.path)
+        opened = self._trees.get(tree_key)
         if opened is None:
             root = Path(source.path)
             # Only the main context honours the Dockerfile's own .dockerignore.
@@ -59,7 +62,7 @@ class ContextHasher:
                 self._stack.enter_context(self._cache.session(tree.root)) if self._cache else None
             )
             opened = (tree, session)
-            self._trees[source.path] = opened
+            self._trees[tree_key] = opened
         return opened
 
     @property
@@ -73,7 +76,7 @@ class ContextHasher:
         Raises:
             ContextError: a selected path is missing or unreadable.
         """
-        memo_key = (source.path, spec)
+        memo_key = (source.name == "context", source.path, spec)
         found = self._memo.get(memo_key)
         if found is not None:
             return found
@@ -107,7 +110,7 @@ class ContextHasher:
         Raises:
             ContextError: as :meth:`checksum`.
         """
-        memo_key = (source.path, spec)
+        memo_key = (source.name == "context", source.path, spec)
         if memo_key not in self._manifests:
             self._memo.pop(memo_key, None)
             self.checksum(source, spec)
