@@ -610,3 +610,65 @@ def test_line_magic_usage_errors(
     assert out.startswith("Inspect and manage builds::")
     for command in ("history", "cache", "images", "doctor", "run", "explain", "whatif"):
         assert f"%nbbuild {command}" in out
+
+
+# -- in a real Jupyter kernel -----------------------------------------------------------------
+
+
+def test_in_a_real_kernel_output_errors_and_interrupt(root: Path, ctx: Path) -> None:
+    """ipykernel 7: progress and results reach the cell (drawn from the main thread), a failed
+    build sends an ``error`` message with the short traceback, and the kernel's interrupt
+    (SIGINT) cancels a running build cleanly."""
+    from jupyter_client.manager import start_new_kernel
+
+    km, kc = start_new_kernel(kernel_name="python3", cwd=str(ctx), env={**os.environ})
+    try:
+
+        def run(code: str, timeout: float = 120) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+            messages: list[dict[str, Any]] = []
+            reply = kc.execute_interactive(code, timeout=timeout, output_hook=messages.append)
+            for msg in messages:
+                assert msg["parent_header"]["msg_id"] == reply["parent_header"]["msg_id"]
+            return reply, messages
+
+        reply, _ = run("%load_ext nbbuild")
+        assert reply["content"]["status"] == "ok"
+        reply, messages = run(f"%%dockerfile --progress plain -t hello\n{HELLO}")
+        assert reply["content"]["status"] == "ok", reply
+        streams = "".join(m["content"]["text"] for m in messages if m["msg_type"] == "stream")
+        assert "[2/3] RUN echo hello > /hello" in streams and "DONE" in streams
+        results = [m for m in messages if m["msg_type"] == "execute_result"]
+        assert (
+            len(results) == 1 and "BuildResult hello" in results[0]["content"]["data"]["text/plain"]
+        )
+
+        reply, messages = run(f"%%dockerfile --progress none\n{FAILING}")
+        assert reply["content"]["status"] == "error"
+        kinds = [m["msg_type"] for m in messages if m["msg_type"] != "status"]
+        assert kinds.index("display_data") < kinds.index("error")  # the result, then the error
+        error = next(m["content"] for m in messages if m["msg_type"] == "error")
+        assert error["ename"] == "StepFailed"
+        traceback = "\n".join(error["traceback"])
+        assert "(<cell>:3)" in traceback and "exit code: 3" in traceback
+        assert "  | second line" in traceback and "Traceback" not in traceback
+
+        msg_id = kc.execute("%%dockerfile --progress none --name nap\nFROM busybox\nRUN sleep 30\n")
+        wb.wait_for_container(root, ("sleep", "30"), alive=lambda: True)
+        started = time.monotonic()
+        km.interrupt_kernel()
+        reply = kc.get_shell_msg(timeout=30)
+        assert reply["parent_header"]["msg_id"] == msg_id
+        assert reply["content"]["status"] == "error"
+        assert reply["content"]["ename"] == "KeyboardInterrupt"
+        assert time.monotonic() - started < 20
+        assert wb.store_processes(root) == []
+        assert wb.live_leases(root) == 0
+        reply, _ = run("%nbbuild history -n 1")
+        assert reply["content"]["status"] == "ok"
+    finally:
+        kc.stop_channels()
+        km.shutdown_kernel(now=True)
+    with Store.open(root) as store:
+        record = store.last_build("nap")
+        assert record is not None and record.status == "canceled"
+        assert check(store).clean
