@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 APT_PACKAGES := git graphviz busybox-static crun runc
 
-.PHONY: setup apt venv test lint typecheck unit demo clean
+.PHONY: setup apt venv test lint typecheck unit demo clean bench
 
 setup: apt venv
 
@@ -37,6 +37,11 @@ test: setup
 # The main job: build the dependency-first example, rebuild, edit, rebuild (see scripts/demo.py).
 demo: setup
 	$(BIN)/python scripts/demo.py
+
+# nbbuild vs real BuildKit (a private dockerd), same scenarios, same machine; long (~10 min), not
+# part of `make test`. BENCH_ARGS e.g. "-n 7 --only P1,P4"; table in docs/benchmarks.md.
+bench: setup
+	$(BIN)/python bench/bench.py $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .mypy_cache .ruff_cache
