@@ -122,8 +122,10 @@ class Solver:
         done = threading.Event()
 
         def relay() -> None:
-            while not done.is_set():
-                if self.user_cancel.wait(0.05):
+            # Polls the caller's event, but waits on ``done``: the solve's end wakes it at once
+            # (waiting on the cancel event made every build end up to one poll late).
+            while not done.wait(0.05):
+                if self.user_cancel.is_set():
                     self.cancel.set()
                     return
 
