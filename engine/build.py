@@ -249,14 +249,10 @@ def build(
                         )
                     )
 
-                try:
-                    executor = _executor(find_runtime)
-                except NbbuildError:
-                    executor = None
                 runner = OpRunner(
                     store,
                     images,
-                    executor,
+                    lambda: _executor(find_runtime),
                     allow=request.allow,
                     filename=request.dockerfile_name,
                     on_log=on_log,
@@ -354,9 +350,14 @@ def build(
 
 
 def _executor(find_runtime: Any) -> Any:
+    """The OCI executor, None where this host cannot run containers. Made by the runner when
+    the first RUN needs it: a build that runs nothing probes no runtime."""
     from engine.executor.oci import OciExecutor
 
-    return OciExecutor(find_runtime())
+    try:
+        return OciExecutor(find_runtime())
+    except NbbuildError:
+        return None
 
 
 def _with_network(definition: Definition, network: str) -> Definition:

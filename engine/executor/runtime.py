@@ -6,6 +6,7 @@ host facts that change how it must be driven (root, cgroup layout).
 
 from __future__ import annotations
 
+import functools
 import os
 import re
 import shutil
@@ -65,6 +66,11 @@ def _version_of(path: str) -> str:
     return match.group(1) if match else ""
 
 
+@functools.lru_cache(maxsize=16)
+def _cached_version(path: str) -> str:
+    return _version_of(path)
+
+
 def detect_runtimes() -> list[Runtime]:
     """Every supported runtime on PATH (plus /usr/sbin, where Debian puts runc), in preference
     order: crun (fastest start), runc, bwrap."""
@@ -84,10 +90,13 @@ def find_runtime(preferred: tuple[RuntimeName, ...] = ("crun", "runc")) -> Runti
     Raises:
         CapabilityError: none of them is installed.
     """
-    available = {r.name: r for r in detect_runtimes()}
+    # Only the chosen runtime is asked its version (each ``--version`` is a process start),
+    # and once per process.
+    search = os.pathsep.join([os.environ.get("PATH", ""), "/usr/local/sbin", "/usr/sbin", "/sbin"])
     for name in preferred:
-        if name in available:
-            return available[name]
+        path = shutil.which(name, path=search)
+        if path is not None:
+            return Runtime(name, Path(path), _cached_version(path))
     raise CapabilityError(
         f"no container runtime found (looked for {', '.join(preferred)}); "
         "on Debian/Ubuntu: apt-get install crun"

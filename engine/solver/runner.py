@@ -61,6 +61,8 @@ class OpRunner:
         store: the store (diff directories, layer paths, remembered checksums).
         images: the local image store (``FROM`` layers).
         executor: runs RUN steps; None where containers are unavailable (RUN is then refused).
+            A callable is called once, when the first RUN needs it (so a build that runs no
+            container never probes the host for a runtime); it returns the executor or None.
         allow: granted entitlements (``network.host``, ``security.insecure``).
         filename: the Dockerfile's name, for error messages.
         on_log: called with (vertex, stream, data) for every chunk a step prints.
@@ -71,7 +73,7 @@ class OpRunner:
         self,
         store: Store,
         images: ImageStore,
-        executor: Executor | None,
+        executor: Executor | Callable[[], Executor | None] | None,
         *,
         allow: frozenset[str] = frozenset(),
         filename: str = "Dockerfile",
@@ -80,12 +82,27 @@ class OpRunner:
     ) -> None:
         self.store = store
         self.images = images
-        self.executor = executor
+        self._executor: Executor | None = None
+        self._executor_factory: Callable[[], Executor | None] | None = None
+        if executor is None or hasattr(executor, "run"):
+            self._executor = executor
+        else:
+            self._executor_factory = executor
         self.allow = allow
         self.filename = filename
         self.on_log = on_log
         self.workdir = workdir
         self._lock = threading.Lock()
+        self._executor_lock = threading.Lock()
+
+    @property
+    def executor(self) -> Executor | None:
+        """The executor, made on first use when it was given as a factory."""
+        with self._executor_lock:
+            if self._executor_factory is not None:
+                self._executor = self._executor_factory()
+                self._executor_factory = None
+            return self._executor
 
     # -- sources ----------------------------------------------------------------------
 
@@ -181,7 +198,8 @@ class OpRunner:
                 f"{name}: RUN --mount=type={mount.type} is not supported yet "
                 "(mounts arrive in a later release); remove the --mount flag to build"
             )
-        if self.executor is None:
+        executor = self.executor
+        if executor is None:
             raise BuildError(f"{name}: this host cannot run containers (see nbbuild doctor)")
         root = inputs[0] if inputs and op.mounts and op.mounts[0].input == 0 else None
         base = root.layers if root is not None else ()
@@ -216,7 +234,7 @@ class OpRunner:
             privileged=op.security == "insecure",
         )
         try:
-            result = self.executor.run(
+            result = executor.run(
                 spec,
                 OverlayMount(tuple(lowers), upper, work),
                 stdout=stream(1),
