@@ -494,6 +494,7 @@ def _finish_outputs(
     from engine.images.config import MEDIA_TYPE_OCI_MANIFEST
 
     image_id: str | None = None
+    named: str | None = None  # an image the store now holds: its manifest is the descriptor
     if epoch is None:
         # One build, one image: every tag and every image output gets the same creation time
         # (the exporters only fill in missing times), so they all have the same ID.
@@ -501,6 +502,7 @@ def _finish_outputs(
     for tag in request.tags:
         image = images.put(tag, layers=layers, config=config, source_date_epoch=epoch)
         image_id = image.config_digest
+        named = named or image.name
     for output in request.outputs:
         image_id = (
             export(
@@ -516,14 +518,23 @@ def _finish_outputs(
             )
             or image_id
         )
+        if output.type == "image" and named is None:
+            named = next(filter(None, dict(output.attrs).get("name", "").split(",")), None)
     if image_id is None:
         return None, None
-    # Every image output assembled the same config and layers: the same manifest.
-    assembled = images.assemble(layers=layers, config=config, source_date_epoch=epoch)
+    stored = images.get(named) if named else None
+    if stored is not None:
+        # The image the store names (its layers uncompressed, made on demand).
+        manifest_digest = stored.manifest_digest
+        manifest_size = len(images.read_blob(manifest_digest))
+    else:
+        # Only archive outputs: they assembled the same config and (compressed) layers.
+        assembled = images.assemble(layers=layers, config=config, source_date_epoch=epoch)
+        manifest_digest, manifest_size = assembled.manifest_digest, len(assembled.manifest_bytes)
     descriptor = {
         "mediaType": MEDIA_TYPE_OCI_MANIFEST,
-        "digest": assembled.manifest_digest,
-        "size": len(assembled.manifest_bytes),
+        "digest": manifest_digest,
+        "size": manifest_size,
     }
     return image_id, descriptor
 

@@ -753,7 +753,7 @@ def save_docker(images: ImageStore, refs: Sequence[str], dest: Path | str) -> No
     """
     entries = _entries(images, refs)
     with open_output(dest) as out:
-        write_archive(out, entries, images.store.blobs.path, docker=True)
+        write_archive(out, entries, images.blob_path, docker=True)
 
 
 def save_oci(images: ImageStore, refs: Sequence[str], dest: Path | str) -> None:
@@ -764,4 +764,4 @@ def save_oci(images: ImageStore, refs: Sequence[str], dest: Path | str) -> None:
     """
     entries = _entries(images, refs)
     with open_output(dest) as out:
-        write_archive(out, entries, images.store.blobs.path, docker=False)
+        write_archive(out, entries, images.blob_path, docker=False)

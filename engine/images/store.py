@@ -2,10 +2,14 @@
 
 An image is a name (normalised, ``docker.io/library/busybox:latest``), a chain of snapshots
 (its layers as diff directories, bottom first), and three kinds of blobs in ``blobs/sha256``:
-the OCI manifest, the config (whose digest is the image ID) and one compressed tar per layer.
-Layer tars are made lazily and remembered per snapshot (``layer_blobs``): an imported layer keeps
-the blob it came in (so ``save`` gives back the same digests), a built layer is tarred
-deterministically with the build's ``SOURCE_DATE_EPOCH`` the first time an image needs it.
+the OCI manifest, the config (whose digest is the image ID) and one tar per layer. Layer tars
+are made lazily and remembered per snapshot (``layer_blobs``): an imported layer keeps the blob
+it came in (so ``save`` gives back the same digests); a built layer that is only *named*
+(``--tag``, :meth:`ImageStore.put`) is an uncompressed tar (``…layer.v1.tar``, digest = diff ID,
+as Docker's own image store keeps layers) whose digest is computed by tarring the snapshot into
+a hash, without writing or compressing anything, and remembered (variant ``tar;epoch=…``). Its
+bytes are written to ``blobs/`` only when an archive needs them (:meth:`ImageStore.blob_path`,
+``save``). Exporters (``type=oci|docker``) compress, as BuildKit's image exporter does.
 
 Tables (added by :func:`migration_images`, appended to ``engine.store.metadb.MIGRATIONS``)::
 
@@ -13,8 +17,9 @@ Tables (added by :func:`migration_images`, appended to ``engine.store.metadb.MIG
     image_layers(image_name, position, snapshot_id)   -- GC roots for snapshots
     layer_blobs(snapshot_id, variant, diff_id, diff_size, digest, size, media_type)
 
-``variant`` is ``""`` for a layer's original blob and ``epoch=<n>`` / ``epoch=none`` for a tar
-nbbuild made. GC keeps every snapshot named in ``image_layers`` (the store reads that table) and
+``variant`` is ``""`` for a layer's original blob, ``epoch=<n>`` / ``epoch=none`` for a gzip
+tar nbbuild made and ``tar;epoch=<n>`` / ``tar;epoch=none`` for an uncompressed one (whose blob
+file may not exist yet: it is made from the snapshot on demand). GC keeps every snapshot named in ``image_layers`` (the store reads that table) and
 must keep the blobs :func:`blob_roots` names.
 
 Imported layers are stored as results under the key :func:`layer_key` of their ChainID, so the
@@ -32,6 +37,7 @@ import sqlite3
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from engine.errors import DockerfileError, StoreError
@@ -48,7 +54,13 @@ from engine.images.config import (
     config_from_json,
 )
 from engine.images.errors import ImageError
-from engine.images.layer import BlobInfo, write_layer_blob
+from engine.images.layer import (
+    MEDIA_TYPE_LAYER_TAR,
+    BlobInfo,
+    layer_diff_id,
+    write_layer_blob,
+    write_layer_tar,
+)
 from engine.store.store import Store
 
 __all__ = [
@@ -256,6 +268,66 @@ class ImageStore:
                 ),
             )
 
+    def layer_tar(self, snapshot_id: str, *, source_date_epoch: int | None = None) -> BlobInfo:
+        """The layer of a snapshot for an image that is only named: its original or an already
+        made compressed blob when there is one, else the uncompressed tar, whose digest (the
+        diff ID) is computed without writing anything and remembered per snapshot and epoch.
+
+        Raises:
+            ImageError: the snapshot does not exist.
+        """
+        known = self.known_blob(snapshot_id, source_date_epoch=source_date_epoch)
+        if known is not None:
+            return known
+        variant = "tar;" + _variant(source_date_epoch)
+        with self.store.db.reading() as conn:
+            row = conn.execute(
+                "SELECT diff_id, diff_size FROM layer_blobs WHERE snapshot_id = ? AND variant = ?",
+                (snapshot_id, variant),
+            ).fetchone()
+        if row is not None:
+            return BlobInfo(row[0], int(row[1]), row[0], int(row[1]), MEDIA_TYPE_LAYER_TAR)
+        path = self.store.diff_path(snapshot_id)
+        if not path.is_dir():
+            raise ImageError(f"layer {snapshot_id} is missing from the store")
+        layer = layer_diff_id(path, source_date_epoch)
+        info = BlobInfo(layer.diff_id, layer.size, layer.diff_id, layer.size, MEDIA_TYPE_LAYER_TAR)
+        with contextlib.suppress(sqlite3.IntegrityError):
+            self.remember_blob(snapshot_id, info, variant=variant)
+        return info
+
+    def blob_path(self, digest: str) -> Path:
+        """The file of a blob, made first when it is a remembered uncompressed layer tar that
+        was never written (the snapshot is tarred again and must give the same digest).
+
+        Raises:
+            ImageError: the blob is neither stored nor a layer this store can make.
+        """
+        path = self.store.blobs.path(digest)
+        if self.store.blobs.has(digest):
+            return path
+        with self.store.db.reading() as conn:
+            rows = conn.execute(
+                "SELECT snapshot_id, variant FROM layer_blobs WHERE digest = ? "
+                "AND variant LIKE 'tar;%'",
+                (digest,),
+            ).fetchall()
+        for snapshot_id, variant in rows:
+            diff = self.store.diff_path(snapshot_id)
+            if not diff.is_dir():
+                continue
+            epoch_text = variant.partition("epoch=")[2]
+            epoch = None if epoch_text == "none" else int(epoch_text)
+            with self.store.blobs.writer() as writer:
+                info = write_layer_tar(diff, writer, source_date_epoch=epoch)
+                if info.diff_id != digest:
+                    raise ImageError(
+                        f"layer {snapshot_id} no longer tars to {digest} (got {info.diff_id})"
+                    )
+                writer.commit()
+            return path
+        raise ImageError(f"blob {digest} is missing from the store")
+
     def layer_blob(self, snapshot_id: str, *, source_date_epoch: int | None = None) -> BlobInfo:
         """The compressed tar of a snapshot, made (and remembered) when first needed.
 
@@ -286,15 +358,19 @@ class ImageStore:
         source_date_epoch: int | None = None,
         diff_ids: Sequence[str] | None = None,
         now_ns: int | None = None,
+        compress: bool = True,
     ) -> Assembled:
         """Config, manifest and layer blobs of an image made of ``layers`` and ``config``.
 
-        Layer blobs are stored in the blob store; the config and manifest only returned.
+        Layer blobs are stored in the blob store; the config and manifest only returned. With
+        ``compress=False`` layers without a blob yet are uncompressed tars made on demand
+        (:meth:`layer_tar`): nothing is written, only their digests computed.
 
         Raises:
             ImageError: ``diff_ids`` were given and do not match the layers' tars.
         """
-        blobs = [self.layer_blob(s, source_date_epoch=source_date_epoch) for s in layers]
+        layer = self.layer_blob if compress else self.layer_tar
+        blobs = [layer(s, source_date_epoch=source_date_epoch) for s in layers]
         found = tuple(b.diff_id for b in blobs)
         if diff_ids is not None and tuple(diff_ids) != found:
             raise ImageError(f"diff IDs {list(diff_ids)} do not match the layers ({list(found)})")
@@ -328,12 +404,18 @@ class ImageStore:
 
         ``config`` is the build's config (``ImageConfig.to_json()``) or a full image config;
         ``rootfs``, history times and ``created`` are completed like BuildKit's exporter.
+        Layers are not compressed nor written (see the module doc): naming an image costs one
+        hashing pass over each new layer, once.
 
         Raises:
             ImageError: invalid name, missing layer, or ``diff_ids`` that do not match.
         """
         assembled = self.assemble(
-            layers=layers, config=config, source_date_epoch=source_date_epoch, diff_ids=diff_ids
+            layers=layers,
+            config=config,
+            source_date_epoch=source_date_epoch,
+            diff_ids=diff_ids,
+            compress=False,
         )
         return self.store_image(
             name,
