@@ -65,7 +65,12 @@ def export_local(
         ImageError: a layer cannot be read or ``dest`` cannot be written.
     """
     try:
-        dest.mkdir(parents=True, exist_ok=True)
+        # A missing destination is created 0700, as BuildKit's local exporter does. Owners are
+        # kept (when we may set them), unlike Docker 20.10's client, which writes everything
+        # as itself: a notebook user inspecting an output wants to see who owns what.
+        if not dest.exists():
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            dest.mkdir(mode=0o700)
         root = os.fsencode(dest.resolve())
         links: dict[tuple[int, int], bytes] = {}
         dirs: list[tuple[bytes, int]] = []

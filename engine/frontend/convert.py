@@ -893,7 +893,12 @@ class _Converter:
         text = cmd.source_code
         word, _, rest = text.partition(" ")
         text = word.upper() + (" " + rest if rest else "")
-        lex = Lexer(escape=self.lex.escape, raw_quotes=True, skip_unset_env=True)
+        # BuildKit names RUN steps with a lexer that keeps quotes and unset variables, and
+        # COPY/ADD/WORKDIR with the plain one: `COPY ["a b", "/c"]` shows as `COPY [a b, /c]`.
+        if isinstance(cmd, ins.RunCommand):
+            lex = Lexer(escape=self.lex.escape, raw_quotes=True, skip_unset_env=True)
+        else:
+            lex = self.lex
         try:
             return lex.process_word(text, st.env_map())
         except DockerfileError:

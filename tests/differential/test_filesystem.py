@@ -44,10 +44,16 @@ def test_buildkit_exports_agree(case: Any, buildkit_case: Any) -> None:
 
 @pytest.mark.parametrize("case", CASES, ids=lambda c: c.name)
 def test_local_output(case: Any, buildkit_case: Any, nbbuild_case: Any) -> None:
-    """Files, modes and owners (the client's) under the destination; the destination directory
-    itself is test_local_output_destination's."""
-    expected = {p: e for p, e in buildkit_case(case)["local"].items() if p != "."}
-    actual = {p: e for p, e in nbbuild_case(case)["local"].items() if p != "."}
+    """Files and modes under the destination; the destination directory itself is
+    test_local_output_destination's. Owners are compared in test_tar_output only: BuildKit's
+    client writes every file as itself, nbbuild's local exporter keeps the image's owners (a
+    deliberate difference, documented in engine/exporters/local.py)."""
+    expected = harness.without_ownership(
+        {p: e for p, e in buildkit_case(case)["local"].items() if p != "."}
+    )
+    actual = harness.without_ownership(
+        {p: e for p, e in nbbuild_case(case)["local"].items() if p != "."}
+    )
     diff = harness.diff_manifests(expected, actual)
     assert not diff, _why(case) + "\n--output type=local differs:\n" + "\n".join(diff)
 

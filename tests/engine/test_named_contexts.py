@@ -49,8 +49,15 @@ def _status(result: Any, prefix: str) -> str:
 
 
 def _ran(result: Any) -> list[str]:
-    """Names of the steps that executed (not cached)."""
-    return [s.name for s in result.steps if s.status == "executed"]
+    """Names of the steps that executed (not cached); loading a local context (done on every
+    build, as BuildKit's transfer is) is not a step."""
+    return [
+        s.name
+        for s in result.steps
+        if s.status == "executed"
+        and not s.name.endswith("load from client")
+        and not s.name.startswith("[internal]")
+    ]
 
 
 def _out(bk: Any, name: str) -> Path:

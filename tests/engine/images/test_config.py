@@ -79,7 +79,9 @@ def test_history_is_aligned_with_the_layers() -> None:
     assert more["history"][1]["comment"] == "buildkit.exporter.image.v0"
 
 
-def test_existing_times_are_kept_or_clamped() -> None:
+def test_base_history_times_are_kept_new_entries_get_the_epoch() -> None:
+    # BuildKit's exporter keeps the base image's history as it is, even entries newer than
+    # the epoch (moby/buildkit#4614); only the entries this build adds get the epoch.
     config = {
         "os": "linux",
         "architecture": "amd64",
@@ -90,11 +92,13 @@ def test_existing_times_are_kept_or_clamped() -> None:
         ],
     }
     epoch = 1_000_000_000  # 2001-09-09
-    out = build_image_config(config, [D1, D2], source_date_epoch=epoch)
+    config["history"].append({"created_by": "this build"})  # type: ignore[attr-defined]
+    out = build_image_config(config, [D1, D2, D3], source_date_epoch=epoch)
     assert out["history"][0]["created"] == "1999-12-31T23:00:00-01:00"
-    assert out["history"][1]["created"] == rfc3339(epoch * 10**9)
+    assert out["history"][1]["created"] == "2030-01-01T00:00:00Z"
+    assert out["history"][2]["created"] == rfc3339(epoch * 10**9)
     assert out["created"] == rfc3339(epoch * 10**9)
-    kept = build_image_config(config, [D1, D2], now_ns=5)
+    kept = build_image_config(config, [D1, D2, D3], now_ns=5)
     assert kept["created"] == "2030-01-01T00:00:00.5Z"
 
 
