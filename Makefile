@@ -2,9 +2,9 @@
 PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
-APT_PACKAGES := git graphviz busybox-static crun runc
+APT_PACKAGES := git graphviz busybox-static crun runc chromium
 
-.PHONY: setup apt venv test lint typecheck unit demo clean bench
+.PHONY: setup apt venv test lint typecheck unit demo notebooks clean bench
 
 setup: apt venv
 
@@ -42,6 +42,10 @@ demo: setup
 # part of `make test`. BENCH_ARGS e.g. "-n 7 --only P1,P4"; table in docs/benchmarks.md.
 bench: setup
 	$(BIN)/python bench/bench.py $(BENCH_ARGS)
+
+# Re-execute the notebooks in place (fresh store each), refreshing their committed outputs.
+notebooks: setup
+	for nb in notebooks/*.ipynb; do $(BIN)/python tests/notebooks/execute.py "$$nb" || exit 1; done
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .mypy_cache .ruff_cache
