@@ -10,7 +10,6 @@ from __future__ import annotations
 import os
 import threading
 import time
-import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -170,7 +169,6 @@ def build(
     """
     from engine.executor.runtime import find_runtime
     from engine.frontend.namedcontext import prepare_contexts
-    from engine.images.layout import context_resolver
     from engine.images.store import ImageStore, normalize_name, resolver
 
     reporter = reporter or NullReporter()
@@ -184,7 +182,7 @@ def build(
     # Named contexts are checked before the build, as buildx does (a relative path is relative
     # to the working directory).
     build_contexts = prepare_contexts(request.build_contexts)
-    build_id = uuid.uuid4().hex
+    build_id = os.urandom(16).hex()  # uuid4's randomness, without importing uuid (platform)
     store = Store.open(root)
     try:
         images = ImageStore(store)
@@ -202,7 +200,7 @@ def build(
             dockerfile,
             options,
             resolve_image=resolver(images),
-            resolve_context=context_resolver(images),
+            resolve_context=_lazy_context_resolver(images),
         )
         if request.network:
             definition = _with_network(definition, request.network)
@@ -347,6 +345,21 @@ def build(
             hasher.close()
     finally:
         store.close()
+
+
+def _lazy_context_resolver(images: Any) -> Any:
+    """``engine.images.layout.context_resolver``, imported (with the archive and tar code)
+    only when a named context asks for an image or a layout."""
+    made: list[Any] = []
+
+    def resolve(*args: Any) -> Any:
+        if not made:
+            from engine.images.layout import context_resolver
+
+            made.append(context_resolver(images))
+        return made[0](*args)
+
+    return resolve
 
 
 def _executor(find_runtime: Any) -> Any:

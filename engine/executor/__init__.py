@@ -7,8 +7,9 @@ runs the command with crun (or runc) on an overlay of ``lowers`` and leaves the 
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, Any
+
 from engine.executor.errors import CapabilityError, ExecutorError, SandboxError, UserLookupError
-from engine.executor.oci import OciExecutor
 from engine.executor.process import (
     DEFAULT_HOSTNAME,
     DEFAULT_PATH,
@@ -20,6 +21,20 @@ from engine.executor.process import (
     RootFS,
 )
 from engine.executor.runtime import Runtime, detect_runtimes, find_runtime
+
+if TYPE_CHECKING:
+    from engine.executor.oci import OciExecutor
+
+
+def __getattr__(name: str) -> Any:
+    # The OCI executor (subprocess, signal handling, bundles) loads when first asked for: a
+    # build that runs no container, or imports engine.executor.errors, does not pay for it.
+    if name == "OciExecutor":
+        from engine.executor.oci import OciExecutor
+
+        return OciExecutor
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 __all__ = [
     "DEFAULT_HOSTNAME",

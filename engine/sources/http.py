@@ -16,24 +16,24 @@ it (``dockerfile2llb/convert_copy.go``):
 from __future__ import annotations
 
 import contextlib
-import email.message
-import email.utils
+import functools
 import hashlib
 import os
 import posixpath
 import re
 import tempfile
 import unicodedata
-import urllib.error
 import urllib.parse
-import urllib.request
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from engine.errors import SourceError
 from engine.sources.git import is_git_url
+
+if TYPE_CHECKING:
+    import urllib.request
 
 __all__ = [
     "DEFAULT_FILENAME",
@@ -254,6 +254,9 @@ def resolve_filename(source: HttpSource, content_disposition: str | None = None)
 
 
 def _disposition_filename(header: str) -> str | None:
+    import email.message
+    import email.utils
+
     msg = email.message.Message()
     msg["content-disposition"] = header
     value = msg.get_param("filename", header="content-disposition")
@@ -267,6 +270,8 @@ def _disposition_filename(header: str) -> str | None:
 
 def _http_time(t: datetime) -> str:
     # Go's http.TimeFormat: "Mon, 02 Jan 2006 15:04:05 GMT", always in UTC.
+    import email.utils
+
     return email.utils.format_datetime(t.astimezone(UTC), usegmt=True)
 
 
@@ -345,10 +350,15 @@ def fetch(source: HttpSource, dest_dir: Path | str, *, timeout: float = 60.0) ->
     dest = Path(dest_dir)
     if not dest.is_dir():
         raise SourceError(f"download destination {dest} is not a directory")
+    # urllib.request (http.client, ssl, email) is imported by a download only: planning or
+    # building without one must not pay for it.
+    import urllib.error
+    import urllib.request
+
     request = urllib.request.Request(source.url, method="GET")
     try:
         # Built per call: the proxy handler reads *_proxy from the environment when created.
-        opener = urllib.request.build_opener(_HttpOnlyRedirects)
+        opener = urllib.request.build_opener(_http_only_redirects())
         response = opener.open(request, timeout=timeout)
     except urllib.error.HTTPError as exc:
         raise SourceError(
@@ -406,29 +416,38 @@ def fetch(source: HttpSource, dest_dir: Path | str, *, timeout: float = 60.0) ->
     return FetchedFile(path=final, digest=digest, filename=filename, last_modified=last_modified)
 
 
-class _HttpOnlyRedirects(urllib.request.HTTPRedirectHandler):
-    """Follow redirects to http(s) only, as Go's client does (urllib would also follow ftp)."""
+@functools.cache
+def _http_only_redirects() -> type[urllib.request.HTTPRedirectHandler]:
+    import urllib.request
 
-    def redirect_request(
-        self,
-        req: urllib.request.Request,
-        fp: Any,
-        code: int,
-        msg: str,
-        headers: Any,
-        newurl: str,
-    ) -> urllib.request.Request | None:
-        scheme = urllib.parse.urlsplit(newurl).scheme.lower()
-        if scheme not in ("http", "https"):
-            raise SourceError(
-                f"failed to download {req.full_url}: redirect to unsupported URL {newurl!r}"
-            )
-        return super().redirect_request(req, fp, code, msg, headers, newurl)
+    class _HttpOnlyRedirects(urllib.request.HTTPRedirectHandler):
+        """Follow redirects to http(s) only, as Go's client does (urllib would also follow
+        ftp)."""
+
+        def redirect_request(
+            self,
+            req: urllib.request.Request,
+            fp: Any,
+            code: int,
+            msg: str,
+            headers: Any,
+            newurl: str,
+        ) -> urllib.request.Request | None:
+            scheme = urllib.parse.urlsplit(newurl).scheme.lower()
+            if scheme not in ("http", "https"):
+                raise SourceError(
+                    f"failed to download {req.full_url}: redirect to unsupported URL {newurl!r}"
+                )
+            return super().redirect_request(req, fp, code, msg, headers, newurl)
+
+    return _HttpOnlyRedirects
 
 
 def _parse_http_time(value: str | None) -> datetime | None:
     if not value:
         return None
+    import email.utils
+
     try:
         parsed = email.utils.parsedate_to_datetime(value)
     except (TypeError, ValueError, IndexError):
