@@ -137,6 +137,13 @@ def _plan_with_local_images(request: PlanRequest, root: Path) -> Plan:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the CLI; returns the process exit code."""
+    from nbbuild._fastimport import compiled_dataclasses
+
+    with compiled_dataclasses():
+        return _main(argv)
+
+
+def _main(argv: Sequence[str] | None) -> int:
     args = _parser().parse_args(argv)
     from engine.errors import NbbuildError
 
