@@ -275,11 +275,12 @@ class OciExecutor:
         cancelled = threading.Event()
 
         def watch_cancel(event: threading.Event) -> None:
-            while not exited.is_set():
-                if event.wait(0.05):
-                    if not exited.is_set():
-                        cancelled.set()
-                        self._stop(proc, runtime_pid_file)
+            # Polls `cancel` but sleeps on `exited`, so the step's end wakes it at once
+            # (sleeping on `cancel` made every step wait up to one poll for this join).
+            while not exited.wait(0.05):
+                if event.is_set():
+                    cancelled.set()
+                    self._stop(proc, runtime_pid_file)
                     return
 
         watcher = None
