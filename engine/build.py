@@ -374,27 +374,9 @@ def _executor(find_runtime: Any) -> Any:
 
 
 def _with_network(definition: Definition, network: str) -> Definition:
-    from dataclasses import replace
+    from engine.graph.vertex import with_default_network
 
-    from engine.graph.ops import ExecOp
-
-    if network not in ("default", "none", "host"):
-        raise UsageError(f"invalid --network {network!r}: use default, none or host")
-    if network == "default":
-        return definition
-    # --network changes the default of every RUN (not those with their own --network).
-    digests: dict[str, str] = {}
-    vertices: list[Vertex] = []
-    for v in definition.vertices:
-        op = v.op
-        if isinstance(op, ExecOp) and op.network == "default":
-            op = replace(op, network=network)  # type: ignore[arg-type]
-        inputs = tuple(digests.get(d, d) for d in v.inputs)
-        nv = Vertex(op=op, inputs=inputs, meta=v.meta)
-        digests[v.digest] = nv.digest
-        vertices.append(nv)
-    target = digests.get(definition.target, definition.target) if definition.target else None
-    return Definition(tuple(vertices), target, definition.config, definition.target_stage)
+    return with_default_network(definition, network)
 
 
 def _vertex_event(vertex: Vertex, state: VertexState, preimage: Mapping[str, Any]) -> Event:

@@ -19,7 +19,7 @@ from engine.errors import UsageError
 from engine.frontend.convert import BuildOptions, ImageResolver, convert
 from engine.frontend.parser import parse
 from engine.graph.ops import ContentSpec, LocalSource
-from engine.graph.vertex import Definition, Vertex
+from engine.graph.vertex import Definition, Vertex, with_default_network
 
 __all__ = ["PLAN_SCHEMA", "Plan", "PlanRequest", "plan"]
 
@@ -41,6 +41,7 @@ class PlanRequest:
     no_cache_filter: tuple[str, ...] = ()
     labels: Mapping[str, str] = field(default_factory=dict)
     context_excludes: tuple[str, ...] = ()  # left out of the context before .dockerignore
+    network: str | None = None  # --network: the default network of every RUN
 
 
 @dataclass(frozen=True, slots=True)
@@ -118,6 +119,8 @@ def plan(
         context_dir=str(request.context.resolve()),
     )
     definition = convert(dockerfile, options, resolve_image=resolve_image)
+    if request.network:
+        definition = with_default_network(definition, request.network)
     hasher = ContextHasher(
         store_root=store_root,
         dockerfile_path=request.dockerfile_path,

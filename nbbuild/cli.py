@@ -63,6 +63,12 @@ def _parser() -> argparse.ArgumentParser:
         metavar="STAGE",
         help="mark these stages to skip the cache (repeatable or comma-separated)",
     )
+    p.add_argument(
+        "--network",
+        default=None,
+        choices=("default", "none", "host"),
+        help="network for RUN (part of its key)",
+    )
     p.add_argument("--format", choices=("text", "json"), default="text")
     p.add_argument(
         "--root", default=None, help="store directory (default $NBBUILD_ROOT or ~/.cache/nbbuild)"
@@ -111,6 +117,7 @@ def _cmd_plan(args: argparse.Namespace) -> int:
         no_cache=args.no_cache,
         no_cache_filter=tuple(filters),
         labels=dict(args.label),
+        network=args.network,
     )
     root = default_store_root(args.root)
     result = _plan_with_local_images(request, root)

@@ -10,7 +10,7 @@ from engine.digest import sha256_of_json
 from engine.graph.image import ImageConfig
 from engine.graph.ops import Op
 
-__all__ = ["Definition", "Vertex", "VertexMeta"]
+__all__ = ["Definition", "Vertex", "VertexMeta", "with_default_network"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,3 +71,34 @@ class Definition:
 
     def by_digest(self) -> dict[str, Vertex]:
         return {v.digest: v for v in self.vertices}
+
+
+def with_default_network(definition: Definition, network: str) -> Definition:
+    """The definition with ``--network`` as the default of every RUN (those that name their
+    own ``--network`` keep it). The network is part of a RUN's key, so plan and build must
+    apply it alike.
+
+    Raises:
+        UsageError: ``network`` is not default, none or host.
+    """
+    from dataclasses import replace
+
+    from engine.errors import UsageError
+    from engine.graph.ops import ExecOp
+
+    if network not in ("default", "none", "host"):
+        raise UsageError(f"invalid --network {network!r}: use default, none or host")
+    if network == "default":
+        return definition
+    digests: dict[str, str] = {}
+    vertices: list[Vertex] = []
+    for v in definition.vertices:
+        op = v.op
+        if isinstance(op, ExecOp) and op.network == "default":
+            op = replace(op, network=network)  # type: ignore[arg-type]
+        inputs = tuple(digests.get(d, d) for d in v.inputs)
+        nv = Vertex(op=op, inputs=inputs, meta=v.meta)
+        digests[v.digest] = nv.digest
+        vertices.append(nv)
+    target = digests.get(definition.target, definition.target) if definition.target else None
+    return replace(definition, vertices=tuple(vertices), target=target)

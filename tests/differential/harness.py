@@ -926,6 +926,7 @@ class NbbuildSide:
         t0 = time.monotonic()
         for tag, image_ctx in case.image_contexts(workdir):
             self.build(image_ctx, tag=tag)
+        planned = self.plan(ctx, opts)  # before the build: the keys it promises to look up
         log, meta = self.build(ctx, tag=case.tag, outputs=[f"type=local,dest={workdir / 'local'}"],
                                opts=opts, metadata=workdir / "metadata.json")
         config = self.image_config(case.tag)
@@ -939,6 +940,30 @@ class NbbuildSide:
             "tar": manifest_tar(workdir / "fs.tar"),
             "seconds": round(time.monotonic() - t0, 3),
             "log": log,
+            "planned_keys": planned,
+            "built_keys": {
+                str(item["name"]): item.get("key")
+                for item in meta.get("nbbuild.steps", [])
+                if item.get("step") is not None
+            },
+        }
+
+    def plan(self, context: Path, opts: BuildOpts) -> dict[str, Any]:
+        """``nbbuild plan --format json``: step name → (cache key, provisional)."""
+        self.ensure_base()
+        argv = ["plan", "--root", str(self.root), "--format", "json", "--network=none"]
+        for k, v in sorted(opts.build_args.items()):
+            argv += ["--build-arg", f"{k}={v}"]
+        if opts.target:
+            argv += ["--target", opts.target]
+        if opts.dockerfile:
+            argv += ["-f", str(context / opts.dockerfile)]
+        argv.append(str(context))
+        doc = json.loads(self.cli(*argv).stdout)
+        return {
+            v["name"]: {"key": v["cache_key"], "provisional": v["provisional"]}
+            for v in doc["vertices"]
+            if v["step"] is not None
         }
 
     def scenario_result(self, sc: Scenario, workdir: Path) -> dict[str, Any]:

@@ -87,3 +87,15 @@ def test_current_overrides_name_what_buildkit_08_did(case: Any, oracle: Any) -> 
         assert key in harness.TOP_FIELDS or key in harness.CONFIG_FIELDS, key
     patched = harness.apply_current_overrides(case, raw)
     assert patched != raw
+
+
+@pytest.mark.parametrize("case", CASES, ids=lambda c: c.name)
+def test_plan_keys_are_the_keys_the_build_looked_up(case: Any, nbbuild_case: Any) -> None:
+    """``nbbuild plan`` before the build promises keys; the build looks up exactly those."""
+    result = nbbuild_case(case)
+    planned, built = result["planned_keys"], result["built_keys"]
+    assert built, f"{case.name}: the build reported no step keys"
+    assert set(built) == set(planned), f"{case.name}: plan and build name different steps"
+    for name, key in built.items():
+        assert not planned[name]["provisional"], f"{case.name}: {name} planned provisional"
+        assert planned[name]["key"] == key, f"{case.name}: {name}: plan {planned[name]['key']} != build {key}"
