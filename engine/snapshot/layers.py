@@ -68,6 +68,11 @@ class LayerView:
         if not layers:
             raise SnapshotError("a layer view needs at least one layer")
         self._top_first = [Path(p) for p in reversed(layers)]
+        self._top_first_str = [os.fspath(p).rstrip("/") for p in self._top_first]
+        # The layers are not written while a view of them is in use (they are a chain's
+        # committed diffs, or a rootfs being read): answers are remembered per view, so
+        # resolving /etc/passwd, /etc/group, /etc/hosts, … walks a long chain once per name.
+        self._memo: dict[tuple[str, ...], Path | None] = {}
 
     def lookup(self, path: str) -> Path | None:
         """Host path of the entry at ``path`` (taken literally: no symlink in it is followed).
@@ -75,22 +80,32 @@ class LayerView:
         Returns None when the merged view has nothing there (absent, whited out, hidden by an
         opaque directory, or a parent is not a directory).
         """
-        parts = _split(path)
+        parts = tuple(_split(path))
         if not parts:
             return self._top_first[0]
-        for layer in self._top_first:
+        try:
+            return self._memo[parts]
+        except KeyError:
+            pass
+        found = self._lookup(parts)
+        self._memo[parts] = found
+        return found
+
+    def _lookup(self, parts: tuple[str, ...]) -> Path | None:
+        last = len(parts) - 1
+        for layer in self._top_first_str:
             blocked = False
             current = layer
             for i, name in enumerate(parts):
-                current = current / name
+                current = current + "/" + name
                 try:
                     st = os.lstat(current)
                 except (FileNotFoundError, NotADirectoryError):
                     break  # this layer has nothing here: look lower, unless blocked above
                 if is_whiteout(st):
                     return None
-                if i == len(parts) - 1:
-                    return current
+                if i == last:
+                    return Path(current)
                 if not stat.S_ISDIR(st.st_mode):
                     return None  # a file or symlink here hides anything below this name
                 if is_opaque_dir(current):
