@@ -207,6 +207,7 @@ class _Hasher:
     # ``{rel + "/": header digest}`` for each directory below the root (a manifest).
     record: dict[str, str] | None = None
     _memo: dict[str, str] = field(default_factory=dict)
+    _headers: dict[tuple[object, ...], bytes] = field(default_factory=dict)
 
     def header_digest(self, rel: str, st: os.stat_result) -> str:
         if rel == "" and self.tree.fake_root_header:
@@ -249,14 +250,25 @@ class _Hasher:
         return self.header_digest(rel, st)
 
     def file_digest(self, rel: str, st: os.stat_result) -> str:
-        header = _encode_header(
-            header_fields(
-                st,
-                linkname=self.tree.readlink(rel) if stat.S_ISLNK(st.st_mode) else "",
-                xattrs=self.tree.xattrs(rel),
-                normalize_owner=self.normalize_owner,
-            )
+        linkname = self.tree.readlink(rel) if stat.S_ISLNK(st.st_mode) else ""
+        xattrs = self.tree.xattrs(rel)
+        # Many entries share a header (same type, mode, size, no xattrs): encode each once.
+        memo_key = (
+            st.st_mode,
+            st.st_size,
+            st.st_rdev,
+            (0, 0) if self.normalize_owner else (st.st_uid, st.st_gid),
+            linkname,
+            tuple(sorted(xattrs.items())) if xattrs else (),
         )
+        header = self._headers.get(memo_key)
+        if header is None:
+            header = _encode_header(
+                header_fields(
+                    st, linkname=linkname, xattrs=xattrs, normalize_owner=self.normalize_owner
+                )
+            )
+            self._headers[memo_key] = header
         content = b""
         if stat.S_ISREG(st.st_mode) and st.st_size > 0:
             content = self.content_digest(rel, st).encode()

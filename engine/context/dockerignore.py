@@ -378,6 +378,8 @@ class IgnoreRules:
         root itself is never excluded.
         """
         del is_dir
+        if not self.matcher.patterns:
+            return False  # no .dockerignore (the usual case): nothing to match per entry
         path = go_clean(relpath.lstrip("/")) if relpath else "."
         if path in (".", ""):
             return False

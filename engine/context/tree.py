@@ -178,9 +178,12 @@ class ContextTree:
     _lstat: dict[str, os.stat_result | None] = field(default_factory=dict, repr=False)
     _children: dict[str, list[str]] = field(default_factory=dict, repr=False)
     _disk_cache: dict[str, os.stat_result | None] = field(default_factory=dict, repr=False)
+    _prefix: str = field(default="", repr=False)
 
     def __post_init__(self) -> None:
         self.root = Path(os.path.abspath(self.root))
+        # real() is called several times per file: join by concatenation (rel is relative)
+        self._prefix = str(self.root).rstrip("/") + "/"
         try:
             st = os.stat(self.root)
         except OSError as exc:
@@ -202,7 +205,7 @@ class ContextTree:
 
     def real(self, rel: str) -> str:
         """Filesystem path of a relative path (only meaningful for resolved paths)."""
-        return os.path.join(self.root, rel) if rel else str(self.root)
+        return self._prefix + rel if rel else str(self.root)
 
     def xattrs(self, rel: str) -> dict[str, bytes]:
         """Extended attributes of the entry ``rel``."""
