@@ -1,0 +1,3 @@
+FROM busybox
+COPY . /ctx
+COPY build/app.Dockerfile /the-dockerfile
