@@ -37,6 +37,7 @@ from engine.fileops.chmod import Chmod
 from engine.fileops.chown import Owner
 from engine.fileops.errors import FileOpError, os_error
 from engine.fileops.mkdir import mkdir_all, restore_times
+from engine.fileops.tree import content_xattrs
 from engine.fileops.upper import Upper, copy_content, display, open_source
 
 __all__ = ["CopyOptions", "clean_path", "copy_path", "resolve_wildcards"]
@@ -235,7 +236,8 @@ class _Copier:
                 # and owner and only takes the source's times.
                 copy_info, restore_ts = created, not created
         elif stat.S_ISREG(mode):
-            self._copy_regular(src_rel, target, fi)
+            if self._copy_regular(src_rel, target, fi, with_info=copy_info):
+                return  # owner, mode, xattrs and times were set on the new file's descriptor
         elif stat.S_ISLNK(mode):
             self.upper.symlink(self.src.readlink(src_rel), target)
         elif stat.S_ISSOCK(mode):
@@ -250,23 +252,54 @@ class _Copier:
         elif restore_ts and target_fi is not None:
             self._copy_times(fi, target)
 
-    def _copy_regular(self, src_rel: str, target: str, fi: os.stat_result) -> None:
+    def _copy_regular(
+        self, src_rel: str, target: str, fi: os.stat_result, *, with_info: bool = False
+    ) -> bool:
+        """Copy a regular file; with ``with_info`` also give the new file its owner, mode,
+        xattrs and times (what :meth:`_copy_file_info` and ``set_xattrs`` do by path) through
+        its open descriptor. Returns whether that was done (not for a hard link to an earlier
+        copy)."""
         if fi.st_nlink > 1:
             key = (fi.st_dev, fi.st_ino)
             first = self.inodes.get(key)
             if first is not None:
                 self.upper.link(first, target)
-                return
+                return False
             self.inodes[key] = target
         src_fd = open_source(self.src.real(src_rel), fi, display(src_rel))
         try:
             dst_fd = self.upper.create_file(target)
             try:
                 copy_content(src_fd, dst_fd)
+                if with_info:
+                    self._file_info_fd(dst_fd, fi, src_rel)
             finally:
                 os.close(dst_fd)
         finally:
             os.close(src_fd)
+        return with_info
+
+    def _file_info_fd(self, fd: int, fi: os.stat_result, src_rel: str) -> None:
+        # The same as _copy_file_info + set_xattrs, in the same order (owner before mode, so a
+        # setuid bit survives; times last, after the content was written), on the descriptor.
+        owner = self.opts.owner
+        if owner is not None:
+            uid, gid = owner.uid, owner.gid
+        elif self.src.normalize_owner:
+            uid, gid = 0, 0
+        else:
+            uid, gid = fi.st_uid, fi.st_gid
+        os.fchown(fd, uid, gid)
+        mode = stat.S_IMODE(fi.st_mode)
+        if self.opts.chmod is not None:
+            mode = self.opts.chmod.apply(fi.st_mode, False)
+        os.fchmod(fd, mode & 0o7777)
+        os.utime(fd, ns=(fi.st_atime_ns, fi.st_mtime_ns))
+        for key, value in content_xattrs(dict(self.src.xattrs(src_rel))).items():
+            try:
+                os.setxattr(fd, key, value)
+            except OSError:
+                continue  # BuildKit logs and goes on (e.g. security.* refused)
 
     def _remove_target_if_needed(
         self, target: str, fi: os.stat_result, target_fi: os.stat_result | None
