@@ -548,12 +548,13 @@ def test_widget_follows_a_real_build(bk: Any) -> None:
 def test_html_view_follows_a_failing_real_build(bk: Any) -> None:
     display = FakeDisplay()
     view = HtmlView(name="ctx", display=display)
-    result, _ = drive(bk, view, "FROM busybox\nRUN echo bad && exit 3\n")
+    # the step runs long enough for the 10 Hz throttle to draw it while it runs
+    result, _ = drive(bk, view, "FROM busybox\nRUN sleep 0.5; echo bad && exit 3\n")
     assert isinstance(result.error, StepFailed)
     assert result.status == "failed"
     assert repr(view) == "nbbuild ctx: failed, 2 steps: 1 cached, 0 executed, 1 failed"
     first = display.calls[0][0]._repr_mimebundle_()
     assert display.handle.updates[-1]._repr_mimebundle_() == first
     drawn = [u._repr_mimebundle_()["text/html"] for u in display.handle.updates[:-1]]
-    assert drawn and any("RUN echo bad &amp;&amp; exit 3" in h for h in drawn)
+    assert drawn and any("RUN sleep 0.5; echo bad &amp;&amp; exit 3" in h for h in drawn)
     assert view.draws == len(display.handle.updates)
