@@ -118,6 +118,8 @@ class Nbbuild:
             **os.environ,
             "NBBUILD_ROOT": str(self.root),
             "PYTHONPYCACHEPREFIX": str(work / "pycache"),
+            # nbbuild's own start-up cache (nbbuild._fastimport) starts empty in every run
+            "XDG_CACHE_HOME": str(work / "xdg-cache"),
         }
         self.env.pop("PYTHONDONTWRITEBYTECODE", None)
         self.exe = str(Path(sys.executable).parent / "nbbuild")
