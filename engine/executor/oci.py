@@ -38,9 +38,11 @@ One run, start to end:
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import functools
 import os
+import queue
 import re
 import secrets
 import shutil
@@ -152,6 +154,10 @@ class OciExecutor:
                 removed += 1
         return removed
 
+    def drain(self, timeout: float = 10.0) -> None:
+        """Wait until the bundles of finished steps (removed in the background) are gone."""
+        drain_discards(timeout)
+
     def _runtime_argv(self, *args: str) -> list[str]:
         argv = [str(self.runtime.path), "--root", str(self._runtime_root)]
         if self.runtime.name == "crun":
@@ -229,7 +235,9 @@ class OciExecutor:
             try:
                 remove_stubs(stub_root, stubs)
             finally:
-                shutil.rmtree(bundle, ignore_errors=True)
+                # Nothing reads the bundle once the runtime is gone: it is removed off the
+                # step's path (unlinks on a journaled /run cost as much as starting crun).
+                _discard_later(bundle)
 
     def _supervise(
         self,
@@ -349,6 +357,44 @@ class OciExecutor:
         # PID namespace that no longer exists, so `delete -f` from here could only hit a wrong
         # process: remove the directory instead.
         shutil.rmtree(self._runtime_root / container_id, ignore_errors=True)
+
+
+_discard_queue: queue.SimpleQueue[Path | None] = queue.SimpleQueue()
+_discard_lock = threading.Lock()
+_discard_pending = [0]
+_discard_idle = threading.Condition(_discard_lock)
+_discard_thread: list[threading.Thread] = []
+
+
+def _discard_later(path: Path) -> None:
+    """Remove ``path`` in a background thread (drained at exit; what a killed engine leaves
+    behind is swept by the next executor, as its bundles are named after their owner)."""
+    with _discard_lock:
+        _discard_pending[0] += 1
+        if not _discard_thread:
+            t = threading.Thread(target=_discard_worker, name="nbbuild-bundle-rm", daemon=True)
+            t.start()
+            _discard_thread.append(t)
+            atexit.register(drain_discards)
+    _discard_queue.put(path)
+
+
+def _discard_worker() -> None:
+    while True:
+        path = _discard_queue.get()
+        if path is None:
+            return
+        shutil.rmtree(path, ignore_errors=True)
+        with _discard_lock:
+            _discard_pending[0] -= 1
+            if not _discard_pending[0]:
+                _discard_idle.notify_all()
+
+
+def drain_discards(timeout: float = 10.0) -> None:
+    """Wait until the bundles handed to the background remover are gone."""
+    with _discard_lock:
+        _discard_idle.wait_for(lambda: not _discard_pending[0], timeout=timeout)
 
 
 def _own_start_ticks() -> int:
