@@ -147,7 +147,28 @@ def main(argv: Sequence[str] | None = None) -> int:
     from nbbuild._fastimport import compiled_dataclasses
 
     with compiled_dataclasses():
-        return _main(argv)
+        code = _main(argv)
+    if argv is None:
+        _exit_now(code)  # the console script or `python -m nbbuild`: this is the process's end
+    return code
+
+
+def _exit_now(code: int) -> None:
+    """End the process without the interpreter's teardown (freeing every module and object:
+    ~20-30 ms of a ~150 ms no-op build), after what teardown would do that matters: flush the
+    standard streams and run the ``atexit`` handlers (the executor drains its bundle remover
+    there). Only when nothing else runs in this process: the CLI's own entry points."""
+    import atexit
+    import os
+
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):
+            if code == 0:
+                code = 120  # what the interpreter's own exit does when a flush fails
+    atexit._run_exitfuncs()
+    os._exit(code)
 
 
 def _main(argv: Sequence[str] | None) -> int:
