@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -69,18 +69,24 @@ class StatCache:
         prefix = os.fsencode(os.path.abspath(root)).rstrip(b"/") + b"/"
         # Every path starting with "<root>/" sorts in [prefix, prefix with "/" bumped to "0").
         upper = prefix[:-1] + b"0"
-        entries: dict[bytes, _Entry] = {}
-        with self.db.reading() as conn:
-            rows = conn.execute(
-                "SELECT path, dev, ino, size, mtime_ns, ctime_ns, mode, digest, recorded_ns "
-                "FROM stat_cache WHERE path >= ? AND path < ?",
-                (prefix, upper),
-            ).fetchall()
-        for path, dev, ino, size, mtime_ns, ctime_ns, mode, digest, recorded in rows:
-            entries[bytes(path)] = _Entry(
-                StatKey(dev, ino, size, mtime_ns, ctime_ns, mode), digest, recorded
-            )
-        sess = StatCacheSession(entries, self.racy_window_ns)
+
+        def load() -> dict[bytes, _Entry]:
+            entries: dict[bytes, _Entry] = {}
+            with self.db.reading() as conn:
+                rows = conn.execute(
+                    "SELECT path, dev, ino, size, mtime_ns, ctime_ns, mode, digest, recorded_ns "
+                    "FROM stat_cache WHERE path >= ? AND path < ?",
+                    (prefix, upper),
+                ).fetchall()
+            for path, dev, ino, size, mtime_ns, ctime_ns, mode, digest, recorded in rows:
+                entries[bytes(path)] = _Entry(
+                    StatKey(dev, ino, size, mtime_ns, ctime_ns, mode), digest, recorded
+                )
+            return entries
+
+        # The rows are read in one query, at the first lookup: a run whose files are all
+        # known to the process (checksum._FILE_DIGESTS) reads none.
+        sess = StatCacheSession(load, self.racy_window_ns)
         yield sess
         if sess.dirty:
             with self.db.transaction() as conn:
@@ -99,12 +105,29 @@ class StatCache:
 class StatCacheSession:
     """One checksum run's view of the stat cache (not thread-safe; one per run)."""
 
-    def __init__(self, entries: dict[bytes, _Entry], racy_window_ns: int) -> None:
-        self._entries = entries
+    def __init__(
+        self,
+        entries: dict[bytes, _Entry] | Callable[[], dict[bytes, _Entry]],
+        racy_window_ns: int,
+    ) -> None:
+        self._load = entries if callable(entries) else None
+        self._loaded: dict[bytes, _Entry] | None = None if callable(entries) else entries
         self._racy = racy_window_ns
         self.dirty: dict[bytes, _Entry] = {}
         self.hits = 0
         self.misses = 0
+
+    @property
+    def racy_window_ns(self) -> int:
+        """How long after its last change a file's digest may be trusted."""
+        return self._racy
+
+    @property
+    def _entries(self) -> dict[bytes, _Entry]:
+        if self._loaded is None:
+            assert self._load is not None
+            self._loaded = self._load()
+        return self._loaded
 
     def lookup(self, path: str, st: os.stat_result) -> str | None:
         """The cached content digest of ``path`` if its stat is unchanged and the entry is safe."""
