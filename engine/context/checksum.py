@@ -23,6 +23,7 @@ from __future__ import annotations
 import hashlib
 import os
 import stat
+import time
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -50,6 +51,11 @@ __all__ = [
 ]
 
 EMPTY_DIGEST = "sha256:" + hashlib.sha256(b"").hexdigest()
+# Process-wide: (real path, normalize_owner) -> (stat fingerprint, entry digest); see
+# _Hasher.file_digest. Bounded: cleared when full.
+_FILE_DIGESTS: dict[tuple[str, bool], tuple[tuple[int, ...], str]] = {}
+_FILE_DIGESTS_MAX = 1_000_000
+_RACY_NS = 1_000_000_000
 _CHUNK = 1 << 20
 
 
@@ -250,6 +256,36 @@ class _Hasher:
         return self.header_digest(rel, st)
 
     def file_digest(self, rel: str, st: os.stat_result) -> str:
+        if self.cache is None:
+            return self._file_digest(rel, st)
+        # A context file whose full stat is the one it had when its digest was computed (and
+        # which had not changed for a racy window then) has the same digest: the stat cache's
+        # trust, kept in this process for the whole entry (header, xattrs and content), so a
+        # warm process re-hashing an unchanged context reads no xattr and no row.
+        key = (self.tree.real(rel), self.normalize_owner)
+        fp = (
+            st.st_dev,
+            st.st_ino,
+            st.st_mode,
+            st.st_nlink,
+            st.st_uid,
+            st.st_gid,
+            st.st_size,
+            st.st_mtime_ns,
+            st.st_ctime_ns,
+        )
+        known = _FILE_DIGESTS.get(key)
+        if known is not None and known[0] == fp:
+            return known[1]
+        digest = self._file_digest(rel, st)
+        racy = max(_RACY_NS, self.cache.racy_window_ns)
+        if time.time_ns() - max(st.st_mtime_ns, st.st_ctime_ns) >= racy:
+            if len(_FILE_DIGESTS) >= _FILE_DIGESTS_MAX:
+                _FILE_DIGESTS.clear()
+            _FILE_DIGESTS[key] = (fp, digest)
+        return digest
+
+    def _file_digest(self, rel: str, st: os.stat_result) -> str:
         linkname = self.tree.readlink(rel) if stat.S_ISLNK(st.st_mode) else ""
         xattrs = self.tree.xattrs(rel)
         # Many entries share a header (same type, mode, size, no xattrs): encode each once.

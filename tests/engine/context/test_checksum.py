@@ -346,6 +346,40 @@ def _recording(reads: list[str]) -> Callable[[str, os.stat_result], str]:
     return read
 
 
+def test_warm_process_reads_nothing_of_unchanged_files_and_sees_changes(
+    ctx: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from engine.context.tree import ContextTree
+
+    monkeypatch.setattr(checksum_mod, "_FILE_DIGESTS", {})
+    monkeypatch.setattr(checksum_mod, "_RACY_NS", 0)
+    db = open_meta_db(tmp_path / "state")
+    cache = StatCache(db, racy_window_ns=0)
+    first = cs(ctx, ".", stat_cache=cache)
+    with monkeypatch.context() as m:
+        xattr_reads: list[str] = []
+
+        def no_read(path: str, st: os.stat_result) -> str:
+            raise AssertionError(f"re-read {path}")
+
+        def xattrs(self: ContextTree, rel: str) -> dict[str, bytes]:
+            xattr_reads.append(rel)
+            return {}
+
+        m.setattr(checksum_mod, "_read_content_digest", no_read)
+        m.setattr(ContextTree, "xattrs", xattrs)
+        assert cs(ctx, ".", stat_cache=cache) == first
+        assert set(xattr_reads) <= {"", "a", "b"}  # directories' headers only: no file's
+    # Same size, same mtime, new bytes: the ctime moved, so the file is hashed again.
+    st = os.stat(ctx / "file1")
+    data = (ctx / "file1").read_bytes()
+    (ctx / "file1").write_bytes(bytes(255 - b for b in data))
+    os.utime(ctx / "file1", ns=(st.st_atime_ns, st.st_mtime_ns))
+    assert cs(ctx, ".", stat_cache=cache) != first
+    assert cs(ctx, ".", stat_cache=cache) == cs(ctx, ".")
+    db.close()
+
+
 def test_stat_cache_detects_content_change(ctx: Path, tmp_path: Path) -> None:
     db = open_meta_db(tmp_path / "state")
     cache = StatCache(db, racy_window_ns=0)
