@@ -20,6 +20,7 @@ store except :func:`explain_recorded`, which reads the history.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 from collections.abc import Collection, Iterable, Mapping, Sequence
@@ -117,6 +118,7 @@ def _hex(digest: str) -> str:
     return digest.partition(":")[2] or digest
 
 
+@functools.lru_cache(maxsize=1 << 16)  # a warm process records the same context paths again
 def _path_fp(path: str) -> str:
     return hashlib.sha256(path.encode("utf-8", "surrogateescape")).hexdigest()[:8]
 
