@@ -6,7 +6,6 @@ host facts that change how it must be driven (root, cgroup layout).
 
 from __future__ import annotations
 
-import functools
 import os
 import re
 import shutil
@@ -39,12 +38,13 @@ class Runtime:
     Attributes:
         name: ``crun``, ``runc`` or ``bwrap``.
         path: absolute path of the binary.
-        version: the version it reports (``1.8.1``), ``""`` when it would not say.
+        version: the version it reports (``1.8.1``), ``""`` when it would not say, None when
+            it was not asked (:func:`find_runtime` does not start the binary to ask).
     """
 
     name: RuntimeName
     path: Path
-    version: str
+    version: str | None = None
 
     @property
     def is_oci(self) -> bool:
@@ -66,11 +66,6 @@ def _version_of(path: str) -> str:
     return match.group(1) if match else ""
 
 
-@functools.lru_cache(maxsize=16)
-def _cached_version(path: str) -> str:
-    return _version_of(path)
-
-
 def detect_runtimes() -> list[Runtime]:
     """Every supported runtime on PATH (plus /usr/sbin, where Debian puts runc), in preference
     order: crun (fastest start), runc, bwrap."""
@@ -90,13 +85,12 @@ def find_runtime(preferred: tuple[RuntimeName, ...] = ("crun", "runc")) -> Runti
     Raises:
         CapabilityError: none of them is installed.
     """
-    # Only the chosen runtime is asked its version (each ``--version`` is a process start),
-    # and once per process.
+    # Nothing is started to ask a version (a process start per build): detect_runtimes does.
     search = os.pathsep.join([os.environ.get("PATH", ""), "/usr/local/sbin", "/usr/sbin", "/sbin"])
     for name in preferred:
         path = shutil.which(name, path=search)
         if path is not None:
-            return Runtime(name, Path(path), _cached_version(path))
+            return Runtime(name, Path(path))
     raise CapabilityError(
         f"no container runtime found (looked for {', '.join(preferred)}); "
         "on Debian/Ubuntu: apt-get install crun"
