@@ -45,10 +45,12 @@ def _load_syncfs() -> _SyncFs | None:
     return fn
 
 
-def syncfs(path: Path) -> None:
+def syncfs(path: Path) -> bool:
     """Make everything written under ``path`` durable: one ``syncfs`` of its filesystem.
 
-    Falls back to :func:`fsync_tree` when ``syncfs`` is unavailable.
+    Falls back to :func:`fsync_tree` when ``syncfs`` is unavailable. Returns True when the
+    whole filesystem was flushed (so also every directory entry changed on it, e.g. a rename
+    into ``path``'s parent), False after the fallback (only the tree itself).
 
     Raises:
         StoreError: the path cannot be opened or the flush failed (EIO: data is lost).
@@ -61,13 +63,14 @@ def syncfs(path: Path) -> None:
             raise StoreError(f"cannot open {path} to sync it: {exc.strerror}") from None
         try:
             if fn(fd) == 0:
-                return
+                return True
             err = ctypes.get_errno()
         finally:
             os.close(fd)
         if err not in (errno.ENOSYS, errno.EINVAL):
             raise StoreError(f"syncfs({path}) failed: {os.strerror(err)}")
     fsync_tree(path)
+    return False
 
 
 def fsync_file(path: Path) -> None:

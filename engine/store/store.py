@@ -14,9 +14,9 @@ A *result* is what a vertex produced: an ordered chain of layer diffs (bottom fi
 it took to make, and the keys it is stored under. Exec and file results are the input chain plus
 one new diff; a merge is the concatenation of its inputs' chains; an image is its layers.
 
-Crash safety: a diff is written under ``snapshots/tmp``, made durable with one ``syncfs``, renamed
-to ``snapshots/<id>``, and only then published in one SQLite transaction together with its
-result and keys. A kill at any moment leaves either an unpublished directory (swept) or a
+Crash safety: a diff is written under ``snapshots/tmp``, renamed to ``snapshots/<id>``, made
+durable (content and rename) with one ``syncfs``, and only then published in one SQLite
+transaction together with its result and keys. A kill at any moment leaves either an unpublished directory (swept) or a
 complete, published result. The sweep (on :meth:`Store.open` and by ``check --repair``) relies on
 one ordering rule: a snapshot id is recorded for its lease (``lease_snapshots``) *before* its
 directory is created, and that row is replaced by the ``snapshots`` row in the publishing
@@ -305,14 +305,16 @@ class Store:
                     self.discard_diff_dir(lease, diff)
                     return existing
             size = tree_size(diff)
-            syncfs(diff)
             final = self.snapshots_dir / snapshot_id
             try:
                 os.rename(diff, final)
             except OSError as exc:
                 raise StoreError(f"cannot commit {diff}: {exc.strerror}") from None
-            # The rename must be on disk before the row that points at it.
-            fsync_dir(self.snapshots_dir)
+            # The diff and its rename must be on disk before the row that points at it: one
+            # syncfs flushes both (a crash before it leaves a rowless dir, which is swept);
+            # the fallback flushes the tree only, so the rename needs its own.
+            if not syncfs(final):
+                fsync_dir(self.snapshots_dir)
         layers = (*base, snapshot_id) if snapshot_id is not None else tuple(base)
         now = time.time_ns()
         discard = False
