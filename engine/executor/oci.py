@@ -38,11 +38,9 @@ One run, start to end:
 
 from __future__ import annotations
 
-import atexit
 import contextlib
 import functools
 import os
-import queue
 import re
 import secrets
 import shutil
@@ -63,6 +61,7 @@ from engine.executor.user import resolve_user
 from engine.snapshot.layers import LayerView
 from engine.snapshot.overlay import OverlayMount
 from engine.store.leases import process_start_ticks
+from engine.store.trees import drain_removals, remove_later
 
 __all__ = ["DEFAULT_STATE_DIR", "OciExecutor"]
 
@@ -156,7 +155,7 @@ class OciExecutor:
 
     def drain(self, timeout: float = 10.0) -> None:
         """Wait until the bundles of finished steps (removed in the background) are gone."""
-        drain_discards(timeout)
+        drain_removals(timeout)
 
     def _runtime_argv(self, *args: str) -> list[str]:
         argv = [str(self.runtime.path), "--root", str(self._runtime_root)]
@@ -237,7 +236,7 @@ class OciExecutor:
             finally:
                 # Nothing reads the bundle once the runtime is gone: it is removed off the
                 # step's path (unlinks on a journaled /run cost as much as starting crun).
-                _discard_later(bundle)
+                remove_later(bundle)
 
     def _supervise(
         self,
@@ -357,44 +356,6 @@ class OciExecutor:
         # PID namespace that no longer exists, so `delete -f` from here could only hit a wrong
         # process: remove the directory instead.
         shutil.rmtree(self._runtime_root / container_id, ignore_errors=True)
-
-
-_discard_queue: queue.SimpleQueue[Path | None] = queue.SimpleQueue()
-_discard_lock = threading.Lock()
-_discard_pending = [0]
-_discard_idle = threading.Condition(_discard_lock)
-_discard_thread: list[threading.Thread] = []
-
-
-def _discard_later(path: Path) -> None:
-    """Remove ``path`` in a background thread (drained at exit; what a killed engine leaves
-    behind is swept by the next executor, as its bundles are named after their owner)."""
-    with _discard_lock:
-        _discard_pending[0] += 1
-        if not _discard_thread:
-            t = threading.Thread(target=_discard_worker, name="nbbuild-bundle-rm", daemon=True)
-            t.start()
-            _discard_thread.append(t)
-            atexit.register(drain_discards)
-    _discard_queue.put(path)
-
-
-def _discard_worker() -> None:
-    while True:
-        path = _discard_queue.get()
-        if path is None:
-            return
-        shutil.rmtree(path, ignore_errors=True)
-        with _discard_lock:
-            _discard_pending[0] -= 1
-            if not _discard_pending[0]:
-                _discard_idle.notify_all()
-
-
-def drain_discards(timeout: float = 10.0) -> None:
-    """Wait until the bundles handed to the background remover are gone."""
-    with _discard_lock:
-        _discard_idle.wait_for(lambda: not _discard_pending[0], timeout=timeout)
 
 
 def _own_start_ticks() -> int:

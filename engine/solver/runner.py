@@ -35,6 +35,7 @@ from engine.graph.vertex import Vertex
 from engine.snapshot.layers import LayerView
 from engine.snapshot.overlay import OverlayMount
 from engine.store.store import Lease, Store
+from engine.store.trees import remove_later
 
 if TYPE_CHECKING:
     from engine.executor.process import Executor
@@ -253,9 +254,12 @@ class OpRunner:
                 filename=self.filename,
             ) from None
         finally:
-            shutil.rmtree(work, ignore_errors=True)
+            # overlayfs's scratch dir (and the empty lower of a scratch RUN): nothing reads
+            # them now, their removal need not delay the step (the lease's end removes what is
+            # still there, synchronously)
+            remove_later(work)
             if empty is not None:
-                shutil.rmtree(empty, ignore_errors=True)
+                remove_later(empty)
         for fd in (1, 2):
             if partial[fd]:
                 tail.append(partial[fd].decode("utf-8", "replace"))

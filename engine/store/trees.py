@@ -8,14 +8,17 @@ those files.
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import errno
 import os
+import queue
 import secrets
 import stat
+import threading
 from pathlib import Path
 
-__all__ = ["new_id", "remove_tree", "tree_size"]
+__all__ = ["drain_removals", "new_id", "remove_later", "remove_tree", "tree_size"]
 
 _ALPHABET = "0123456789abcdefghijklmnopqrstuvwxyz"
 
@@ -135,3 +138,47 @@ def _make_accessible(path: str) -> None:
     except OSError as exc:
         if exc.errno != errno.EPERM:
             raise
+
+
+# -- removal off the critical path ---------------------------------------------------------
+
+_later: queue.SimpleQueue[Path] = queue.SimpleQueue()
+_later_lock = threading.Lock()
+_later_idle = threading.Condition(_later_lock)
+_later_pending = [0]
+_later_started: list[threading.Thread] = []
+
+
+def remove_later(path: Path) -> None:
+    """Remove ``path`` (as :func:`remove_tree`, errors ignored) in a background thread.
+
+    For what nothing reads any more and whose removal would only delay the caller (a finished
+    step's bundle or overlay work dir: unlinks on a journaled filesystem cost milliseconds).
+    The queue is drained at interpreter exit; what a killed process leaves is found by the
+    sweeps that already handle a crash at that point.
+    """
+    with _later_lock:
+        _later_pending[0] += 1
+        if not _later_started:
+            worker = threading.Thread(target=_remove_worker, name="nbbuild-remove", daemon=True)
+            worker.start()
+            _later_started.append(worker)
+            atexit.register(drain_removals)
+    _later.put(path)
+
+
+def _remove_worker() -> None:
+    while True:
+        path = _later.get()
+        with contextlib.suppress(OSError):
+            remove_tree(path)
+        with _later_lock:
+            _later_pending[0] -= 1
+            if not _later_pending[0]:
+                _later_idle.notify_all()
+
+
+def drain_removals(timeout: float = 10.0) -> None:
+    """Wait until what :func:`remove_later` was given is gone."""
+    with _later_lock:
+        _later_idle.wait_for(lambda: not _later_pending[0], timeout=timeout)
