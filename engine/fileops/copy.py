@@ -173,6 +173,9 @@ class _Copier:
     exclude: PatternMatcher | None
     inodes: dict[tuple[int, int], str] = field(default_factory=dict)
     parents: list[_Pending] = field(default_factory=list)
+    # Directories this copy created (absent from the merged view before, or made opaque):
+    # nothing is below them but what this copy puts there.
+    fresh: set[str] = field(default_factory=set)
 
     # -- fsutil's prepareTargetDir ------------------------------------------------------
 
@@ -220,6 +223,16 @@ class _Copier:
         mode = fi.st_mode
         is_dir = stat.S_ISDIR(mode)
         if not include and not is_dir:
+            return
+        if (
+            include
+            and stat.S_ISREG(mode)
+            and fi.st_nlink == 1
+            and target.rpartition("/")[0] in self.fresh
+        ):
+            # Into a directory this copy made: the target is absent, the parents exist (they
+            # were created before it), nothing to replace or check.
+            self._copy_fresh_file(src_rel, target, fi)
             return
         target_fi = self.upper.lstat(target)
         if include:
@@ -278,6 +291,25 @@ class _Copier:
         finally:
             os.close(src_fd)
         return with_info
+
+    def _copy_fresh_file(self, src_rel: str, target: str, fi: os.stat_result) -> None:
+        src_fd = open_source(self.src.real(src_rel), fi, display(src_rel))
+        try:
+            try:
+                dst_fd = os.open(
+                    self.upper.host(target),
+                    os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
+                    0o600,
+                )
+            except OSError as exc:
+                raise os_error("create", display(target), exc) from None
+            try:
+                copy_content(src_fd, dst_fd)
+                self._file_info_fd(dst_fd, fi, src_rel)
+            finally:
+                os.close(dst_fd)
+        finally:
+            os.close(src_fd)
 
     def _file_info_fd(self, fd: int, fi: os.stat_result, src_rel: str) -> None:
         # The same as _copy_file_info + set_xattrs, in the same order (owner before mode, so a
@@ -366,6 +398,7 @@ class _Copier:
         st = self.upper.lstat(dst)
         if st is None:
             self.upper.mkdir(dst, stat.S_IMODE(fi.st_mode))
+            self.fresh.add(dst)
             return True
         if not stat.S_ISDIR(st.st_mode):
             raise FileOpError(f"cannot copy to non-directory: {display(dst)}")
