@@ -177,6 +177,13 @@ class BuildKit:
         self.started = subprocess.run([script, "status"], env=self.env).returncode != 0
         subprocess.run([script, "start"], env=self.env, check=True)
 
+    def prune(self) -> None:
+        """Drop BuildKit's build cache (every figure's cache is made by its own warm-up, and
+        --no-cache runs of bigctx would leave gigabytes behind)."""
+        subprocess.run(
+            [DOCKER, "builder", "prune", "-af"], env=self.env, stdout=subprocess.DEVNULL, check=True
+        )
+
     def stop(self) -> None:
         if self.started:
             subprocess.run([str(REPO / "scripts" / "buildkit-oracle.sh"), "stop"], env=self.env)
@@ -351,6 +358,7 @@ def main() -> int:
     bk = BuildKit(work, Path(args.oracle_state))
     log(f"starting BuildKit (private daemon, state {bk.state}) …")
     bk.start()
+    bk.prune()
     nb = Nbbuild(work)
     figures: list[Figure] = []
     mem: dict[str, Any] = {}
@@ -471,6 +479,8 @@ def main() -> int:
             mem["docker_client_maxrss_kb_bigctx"] = max(r.maxrss_kb for r in first.bk)
         info = machine_info_safe(bk.env)
     finally:
+        with contextlib.suppress(subprocess.CalledProcessError, OSError):
+            bk.prune()
         bk.stop()
         if not args.keep and not args.work:
             shutil.rmtree(work, ignore_errors=True)
