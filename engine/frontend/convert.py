@@ -889,6 +889,18 @@ class _Converter:
             ignore_cache=st.ignore_cache,
         )
 
+    def _internal_meta(self, st: _Stage, cmd: ins.Command, name: str) -> VertexMeta:
+        """Meta of a vertex a command needs that is not a step of its own (inline documents,
+        downloads, cache-mount preparation): named, located at the command, unnumbered."""
+        return VertexMeta(
+            name=name,
+            stage=st.name,
+            step=None,
+            total=None,
+            line=cmd.line,
+            instruction=cmd.source_code,
+        )
+
     def _display(self, st: _Stage, cmd: ins.Command) -> str:
         text = cmd.source_code
         word, _, rest = text.partition(" ")
@@ -954,14 +966,7 @@ class _Converter:
                             dest_input=-1,
                         ),
                         (),
-                        VertexMeta(
-                            name="preparing inline document",
-                            stage=st.name,
-                            step=None,
-                            total=None,
-                            line=cmd.line,
-                            instruction=cmd.source_code,
-                        ),
+                        self._internal_meta(st, cmd, "preparing inline document"),
                     )
                     extra_inputs.append(script)
                     mounts.append(Mount(dest="/dev/pipes/", input=-2, selector="/", readonly=True))
@@ -1044,14 +1049,7 @@ class _Converter:
                         dest_input=-1,
                     ),
                     (),
-                    VertexMeta(
-                        name="[internal] setting cache mount permissions",
-                        stage=st.name,
-                        step=None,
-                        total=None,
-                        line=cmd.line,
-                        instruction=cmd.source_code,
-                    ),
+                    self._internal_meta(st, cmd, "[internal] setting cache mount permissions"),
                 )
                 src_vertex = prep
                 selector = "/cache"
@@ -1185,14 +1183,7 @@ class _Converter:
                         checksum=checksum or None,
                     ),
                     (),
-                    VertexMeta(
-                        name=name,
-                        stage=st.name,
-                        step=None,
-                        total=None,
-                        line=cmd.line,
-                        instruction=cmd.source_code,
-                    ),
+                    self._internal_meta(st, cmd, name),
                 )
                 actions.append(
                     CopyAction(
@@ -1220,14 +1211,7 @@ class _Converter:
                 vertex = self.graph.add(
                     HttpSource(url=src, filename=filename, checksum=checksum or None),
                     (),
-                    VertexMeta(
-                        name=name,
-                        stage=st.name,
-                        step=None,
-                        total=None,
-                        line=cmd.line,
-                        instruction=cmd.source_code,
-                    ),
+                    self._internal_meta(st, cmd, name),
                 )
                 actions.append(
                     CopyAction(
@@ -1286,14 +1270,7 @@ class _Converter:
                     dest_input=-1,
                 ),
                 (),
-                VertexMeta(
-                    name="preparing inline document",
-                    stage=st.name,
-                    step=None,
-                    total=None,
-                    line=cmd.line,
-                    instruction=cmd.source_code,
-                ),
+                self._internal_meta(st, cmd, "preparing inline document"),
             )
             actions.append(
                 CopyAction(
