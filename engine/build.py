@@ -167,6 +167,17 @@ def build(
         BuildCanceled: ``cancel`` was set; the store is left consistent.
         NbbuildError: any other failure.
     """
+    from engine.userns.namespace import mode
+
+    if mode() == "outside":
+        # Not root: the build runs as root of a user namespace, in a helper process (snapshot
+        # files then belong to the user's subordinate IDs, which only the namespace may touch).
+        from engine.userns.forward import forward
+
+        result: BuildResult = forward(
+            "engine.build:build", request, root=root, reporter=reporter, cancel=cancel
+        )
+        return result
     from engine.executor.runtime import find_runtime
     from engine.frontend.namedcontext import prepare_contexts
     from engine.images.store import ImageStore, normalize_name, resolver

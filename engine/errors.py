@@ -39,6 +39,11 @@ __all__ = [
 class NbbuildError(Exception):
     """Root of every error nbbuild raises on purpose."""
 
+    def __reduce__(self) -> tuple[object, ...]:
+        # Errors cross a process boundary (a rootless build runs in a helper process): keep
+        # the class, the message and every attribute, whatever the subclass's __init__ takes.
+        return (_restore, (type(self), self.args, dict(self.__dict__)))
+
     def _render_traceback_(self) -> list[str]:
         # IPython calls this instead of printing a Python traceback: users see the message,
         # which already says where and what.
@@ -164,3 +169,10 @@ class EntitlementError(BuildError):
 
 class InternalError(NbbuildError):
     """A bug in nbbuild. This should never happen: please file a bug with the message."""
+
+
+def _restore(cls: type[NbbuildError], args: tuple[object, ...], state: dict[str, object]) -> NbbuildError:
+    error = cls.__new__(cls)
+    Exception.__init__(error, *args)
+    error.__dict__.update(state)
+    return error

@@ -171,11 +171,51 @@ def _exit_now(code: int) -> None:
     os._exit(code)
 
 
+# What runs as the user, outside any namespace: what needs no snapshot files, and must keep
+# working where user namespaces are not allowed.
+_OUTSIDE_COMMANDS = frozenset({None, "plan", "doctor"})
+
+
+def _rootless(argv: Sequence[str] | None) -> int | None:
+    """For a normal user: move this process into a user namespace before the command touches
+    the store (snapshot files belong to the user's subordinate IDs), or, in a process with
+    threads (``%nbbuild cache prune`` in a kernel), run the whole command in a helper that is
+    inside one. Returns the exit code when the helper ran it, None to go on here. Where no
+    namespace can be made, the command goes on as the user and fails clearly if it must."""
+    from engine.userns.namespace import mode
+
+    if mode() != "outside":
+        return None
+    import contextlib
+    import threading
+
+    from engine.userns.errors import UsernsUnavailable
+
+    if threading.active_count() > 1:
+        from engine.userns.forward import forward
+
+        args = list(argv) if argv is not None else sys.argv[1:]
+        try:
+            code: int = forward("nbbuild.cli:main", args, capture=True)
+        except UsernsUnavailable:
+            return None
+        return code
+    from engine.userns.idmap import current_mapping
+    from engine.userns.namespace import enter
+
+    with contextlib.suppress(UsernsUnavailable):
+        enter(current_mapping())  # else the build says why it cannot run (plan still works)
+    return None
+
+
 def _main(argv: Sequence[str] | None) -> int:
     args = _parser().parse_args(argv)
     from engine.errors import NbbuildError
 
     try:
+        forwarded = _rootless(argv) if args.command not in _OUTSIDE_COMMANDS else None
+        if forwarded is not None:
+            return forwarded
         code: int = args.run(args)
         return code
     except NbbuildError as exc:

@@ -22,6 +22,7 @@ from typing import Any
 
 from engine.executor.process import DEFAULT_PATH, ProcessSpec
 from engine.executor.user import ResolvedUser
+from engine.userns.idmap import IdMapping
 
 __all__ = [
     "DEFAULT_CAPABILITIES",
@@ -136,9 +137,15 @@ def _grantable(names: tuple[str, ...]) -> tuple[str, ...]:
 
 
 def generate_config(
-    spec: ProcessSpec, user: ResolvedUser, rootfs: Path, bundle: Path
+    spec: ProcessSpec,
+    user: ResolvedUser,
+    rootfs: Path,
+    bundle: Path,
+    *,
+    mapping: IdMapping | None = None,
 ) -> dict[str, Any]:
-    """The OCI ``config.json`` content for ``spec`` running over ``rootfs``."""
+    """The OCI ``config.json`` content for ``spec`` running over ``rootfs``; ``mapping`` is
+    the user namespace the runtime runs in (a rootless build), None as real root."""
     # A non-root user gets no effective capabilities, as Docker and BuildKit users expect
     # (`USER nobody` cannot chown or read root's files).
     caps = list(_grantable(ALL_CAPABILITIES) if spec.privileged else DEFAULT_CAPABILITIES)
@@ -201,6 +208,8 @@ def generate_config(
             "options": ["rbind", "ro", "nosuid", "nodev", "noexec"],
         },
     ]
+    if mapping is not None:
+        _rootless_mounts(mounts, spec, mapping)
     for m in spec.mounts:
         mounts.append(
             {
@@ -242,7 +251,25 @@ def generate_config(
     }
 
 
-def write_bundle(bundle: Path, spec: ProcessSpec, user: ResolvedUser, rootfs: Path) -> Path:
+def _rootless_mounts(mounts: list[dict[str, Any]], spec: ProcessSpec, mapping: IdMapping) -> None:
+    """What changes in a user namespace (as in runc's ``spec --rootless``): sysfs may only be
+    mounted in a network namespace the user namespace owns, so with the host's network it is
+    bind-mounted read-only instead; devpts's ``gid=5`` needs gid 5 mapped."""
+    for m in mounts:
+        if m["type"] == "sysfs" and spec.network != "none":
+            m.update(type="bind", source="/sys", options=["rbind", "nosuid", "noexec", "nodev", "ro"])
+        elif m["type"] == "devpts" and not mapping.maps_gid(5):
+            m["options"] = [o for o in m["options"] if o != "gid=5"]
+
+
+def write_bundle(
+    bundle: Path,
+    spec: ProcessSpec,
+    user: ResolvedUser,
+    rootfs: Path,
+    *,
+    mapping: IdMapping | None = None,
+) -> Path:
     """Write ``config.json``, ``hosts`` and ``resolv.conf`` into ``bundle``; return config.json."""
     bundle.mkdir(parents=True, exist_ok=True)
     (bundle / HOSTS_NAME).write_text(hosts_file(spec.hostname), encoding="utf-8")
@@ -251,6 +278,7 @@ def write_bundle(bundle: Path, spec: ProcessSpec, user: ResolvedUser, rootfs: Pa
         os.chmod(bundle / name, 0o644)
     config = bundle / "config.json"
     config.write_text(
-        json.dumps(generate_config(spec, user, rootfs, bundle), indent=1), encoding="utf-8"
+        json.dumps(generate_config(spec, user, rootfs, bundle, mapping=mapping), indent=1),
+        encoding="utf-8",
     )
     return config

@@ -57,15 +57,30 @@ from engine.executor.errors import CapabilityError, SandboxError
 from engine.executor.process import ExitResult, OutputSink, ProcessSpec, RootFS
 from engine.executor.runtime import Runtime, cgroup_layout, find_runtime
 from engine.executor.stubs import find_stubs, remove_stubs
-from engine.executor.user import resolve_user
+from engine.executor.user import ResolvedUser, resolve_user
 from engine.snapshot.layers import LayerView
 from engine.snapshot.overlay import OverlayMount
 from engine.store.leases import process_start_ticks
 from engine.store.trees import drain_removals, remove_later
+from engine.userns.idmap import IdMapping
 
-__all__ = ["DEFAULT_STATE_DIR", "OciExecutor"]
+__all__ = ["DEFAULT_STATE_DIR", "OciExecutor", "default_state_dir"]
 
 DEFAULT_STATE_DIR = Path("/run/nbbuild")
+
+
+def default_state_dir() -> Path:
+    """Where bundles and the runtime's state live: ``/run/nbbuild`` as root; for a rootless
+    build ``$XDG_RUNTIME_DIR/nbbuild`` (a per-user tmpfs), else ``~/.cache/nbbuild-run``
+    (``/run`` belongs to the real root, and a shared ``/tmp`` name could be taken by others)."""
+    from engine.userns.namespace import mode
+
+    if mode() == "root":
+        return DEFAULT_STATE_DIR
+    runtime_dir = os.environ.get("XDG_RUNTIME_DIR", "")
+    if runtime_dir and os.path.isdir(runtime_dir) and os.access(runtime_dir, os.W_OK):
+        return Path(runtime_dir) / "nbbuild"
+    return Path(os.path.expanduser("~")) / ".cache" / "nbbuild-run"
 
 # $1: the engine's pid (must be our grandparent: unshare's parent), $2: file to write our pid
 # (as the engine sees it) into, $3: "1" to detach the v2 unified hierarchy, $4: overlay options
@@ -103,14 +118,19 @@ class OciExecutor:
         self,
         runtime: Runtime | None = None,
         *,
-        state_dir: Path = DEFAULT_STATE_DIR,
+        state_dir: Path | None = None,
         grace: float = 0.5,
         recursive_stubs: bool = False,
     ) -> None:
-        if os.geteuid() != 0:
-            raise CapabilityError(
-                "the OCI executor needs root (rootless execution is not built yet)"
-            )
+        from engine.userns.namespace import current, mode
+
+        if mode() == "outside":
+            from engine.userns.errors import UsernsUnavailable
+            from engine.userns.forward import NO_USERNS_HINT
+
+            raise UsernsUnavailable(f"RUN cannot run here as a normal user: {NO_USERNS_HINT}")
+        # Root of a user namespace (a rootless build): IDs outside the mapping cannot be used.
+        self.mapping = current()
         self.runtime = runtime if runtime is not None else find_runtime()
         if not self.runtime.is_oci:
             raise CapabilityError(f"{self.runtime.name} is not an OCI runtime")
@@ -126,10 +146,10 @@ class OciExecutor:
                 "setpriv (util-linux) is needed so that no container outlives a killed build"
             )
         self._setpriv = setpriv
-        self.state_dir = state_dir
+        self.state_dir = state_dir if state_dir is not None else default_state_dir()
         self.grace = grace
         self.recursive_stubs = recursive_stubs
-        self._runtime_root = state_dir / f"state-{self.runtime.name}"
+        self._runtime_root = self.state_dir / f"state-{self.runtime.name}"
         self._hide_unified = self.runtime.name == "crun" and cgroup_layout() == "hybrid"
         self.sweep()
 
@@ -180,6 +200,8 @@ class OciExecutor:
             view = LayerView([rootfs])
             stub_root = rootfs
         user = resolve_user(view, spec.user)
+        if self.mapping is not None:
+            _check_mapped(self.mapping, user, spec.user)
         stubs = find_stubs(
             view,
             ["/etc/hosts", "/etc/resolv.conf", *(m.destination for m in spec.mounts)],
@@ -199,7 +221,7 @@ class OciExecutor:
                 options = rootfs.options()
             else:
                 target, options = rootfs, ""
-            write_bundle(bundle, spec, user, target)
+            write_bundle(bundle, spec, user, target, mapping=self.mapping)
             pid_file = bundle / "pid"
             argv = [
                 self._setpriv,
@@ -415,3 +437,15 @@ def _validate(spec: ProcessSpec) -> None:
             raise SandboxError(f"mount destination must be absolute: {m.destination}")
     if spec.network not in ("default", "none", "host"):
         raise SandboxError(f"unknown network mode: {spec.network}")
+
+
+def _check_mapped(mapping: IdMapping, user: ResolvedUser, name: str) -> None:
+    """A rootless step's user must exist in the namespace, else the runtime fails with a bare
+    EINVAL: say which ID it needs and how to get a range."""
+    from engine.userns.errors import IdMappingError
+
+    if not mapping.maps_uid(user.uid):
+        raise IdMappingError(f"USER {name or user.uid} runs as uid {user.uid}")
+    for gid in (user.gid, *user.additional_gids):
+        if not mapping.maps_gid(gid):
+            raise IdMappingError(f"USER {name or user.uid} needs gid {gid}")

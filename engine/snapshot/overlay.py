@@ -33,7 +33,7 @@ from pathlib import Path
 
 from engine.snapshot.errors import SnapshotError
 
-__all__ = ["OverlayMount", "mount_overlay"]
+__all__ = ["OverlayMount", "mount_overlay", "opaque_xattr"]
 
 # mount(2) copies the data argument into one page; longer option strings are cut off
 _MAX_OPTIONS = 4095
@@ -82,6 +82,11 @@ class OverlayMount:
             f"lowerdir={':'.join(lowers)},upperdir={upper},workdir={work},"
             "index=off,redirect_dir=off,metacopy=off"
         )
+        if not _initial_namespace():
+            # In a user namespace overlayfs keeps its bookkeeping (opaque dirs) in user.*
+            # xattrs: trusted.* needs CAP_SYS_ADMIN in the initial namespace (kernel >= 5.11).
+            # ("redirect_dir=off" means "follow existing redirects", which userxattr refuses.)
+            opts = opts.replace("redirect_dir=off", "redirect_dir=nofollow") + ",userxattr"
         if len(opts) > _MAX_OPTIONS:
             raise SnapshotError(
                 f"overlay options are {len(opts)} bytes ({len(self.lowers)} lower layers); "
@@ -109,3 +114,15 @@ def mount_overlay(lowers: Sequence[Path], upper: Path, work: Path, target: Path)
     if proc.returncode != 0:
         raise SnapshotError(f"mount overlay at {target}: {proc.stderr.strip() or proc.returncode}")
     return overlay
+
+
+def _initial_namespace() -> bool:
+    from engine.userns.namespace import mode
+
+    return mode() == "root"
+
+
+def opaque_xattr() -> str:
+    """The opaque-directory marker that layers written here must carry: ``trusted.*`` for
+    overlays mounted as real root, ``user.*`` for overlays mounted in a user namespace."""
+    return "trusted.overlay.opaque" if _initial_namespace() else "user.overlay.opaque"

@@ -141,7 +141,8 @@ class Store:
         db = open_meta_db(root)
         try:
             store = cls(root, db)
-            store.sweep()
+            if not _outside_namespace():
+                store.sweep()
         except BaseException:
             db.close()
             raise
@@ -568,3 +569,12 @@ def _listdir(path: Path) -> list[str]:
         return os.listdir(path)
     except FileNotFoundError:
         return []
+
+
+def _outside_namespace() -> bool:
+    """An unprivileged process outside any user namespace (a notebook kernel reading history):
+    a rootless store's snapshots belong to the user's subordinate IDs, so it must not remove
+    them (half a tree would go); the sweep runs in the next build's namespace instead."""
+    from engine.userns.namespace import mode
+
+    return mode() == "outside"
