@@ -19,10 +19,12 @@ from typing import TYPE_CHECKING, Any
 from engine.errors import UsageError
 
 if TYPE_CHECKING:
+    from pathlib import Path
+
     from engine.executor.process import Executor, Network
     from engine.store.store import Store
 
-__all__ = ["RunResult", "image_command", "run_image"]
+__all__ = ["RunResult", "image_command", "run_image", "run_image_at"]
 
 _NETWORKS = ("none", "default", "host")
 
@@ -81,6 +83,23 @@ def _env(config: dict[str, Any], extra: Sequence[str]) -> tuple[str, ...]:
             raise UsageError(f"invalid environment variable {item!r}: expected KEY=VALUE")
         env[key] = value
     return tuple(f"{k}={v}" for k, v in env.items())
+
+
+def run_image_at(root: Path, image: str, cmd: Sequence[str] = (), **options: Any) -> RunResult:
+    """:func:`run_image` on the store at ``root`` (options as there, but ``executor``). For a
+    normal user it runs in a helper inside a user namespace, as builds do: the image's
+    snapshot files belong to the user's subordinate IDs."""
+    from engine.userns.namespace import mode
+
+    if mode() == "outside":
+        from engine.userns.forward import forward
+
+        result: RunResult = forward("engine.run:run_image_at", root, image, cmd, **options)
+        return result
+    from engine.store.store import Store
+
+    with Store.open(root) as store:
+        return run_image(store, image, cmd, **options)
 
 
 def run_image(

@@ -179,15 +179,14 @@ class DockerfileMagics(Magics):
         return doctor(root, root_source=source)
 
     def _cmd_run(self, args: argparse.Namespace) -> None:
-        from engine.run import run_image
+        from engine.run import run_image_at
 
         root, _ = self.root()
-        store = self.session.store(root)
         decoders = {fd: codecs.getincrementaldecoder("utf-8")("replace") for fd in (1, 2)}
 
         def work(cancel: threading.Event, emit: Callable[[tuple[int, bytes]], None]) -> Any:
-            return run_image(
-                store,
+            return run_image_at(
+                root,
                 args.image,
                 args.cmd,
                 network=args.network,

@@ -10,8 +10,9 @@ Protocol: length-prefixed pickles, both ways.
 
 * caller → helper: ``("call", "module:function", args, kwargs, cwd, environ, flags)``, then
   at any time ``("cancel",)``;
-* helper → caller: ``("event", event)`` for each reporter event, ``("out", fd, text)`` for
-  output when asked to capture it, then ``("result", value)`` or ``("error", exception)``.
+* helper → caller: ``("event", event)`` for each reporter event, ``("callback", name, args)``
+  for each call of a callable argument (``on_output=``), ``("out", fd, text)`` for output
+  when asked to capture it, then ``("result", value)`` or ``("error", exception)``.
 
 One call at a time per helper; :func:`call` keeps a small pool, so two builds of one kernel
 run side by side in two helpers. A helper ends when its caller closes the socket or dies
@@ -104,6 +105,13 @@ class _RelayReporter:
         _send(self._sock, self._lock, ("event", event))
 
 
+def _relay_callback(sock: socket.socket, lock: threading.Lock, name: str) -> Callable[..., None]:
+    def relay(*args: Any) -> None:
+        _send(sock, lock, ("callback", name, args))
+
+    return relay
+
+
 class _RelayStream(io.TextIOBase):
     def __init__(self, sock: socket.socket, lock: threading.Lock, fd: int) -> None:
         self._sock, self._lock, self._fd = sock, lock, fd
@@ -176,7 +184,15 @@ class Helper:
     ) -> Any:
         """Run ``target(*args, **kwargs)`` in the helper; events go to ``reporter``; setting
         ``cancel`` cancels it there; with ``capture`` its stdout/stderr come back here."""
-        flags = {"reporter": reporter is not None, "cancel": cancel is not None, "capture": capture}
+        # Callables (``on_output=``) stay here; the helper gets stand-ins that call back.
+        callbacks = {k: v for k, v in kwargs.items() if callable(v) and not isinstance(v, type)}
+        kwargs = {k: v for k, v in kwargs.items() if k not in callbacks}
+        flags = {
+            "reporter": reporter is not None,
+            "cancel": cancel is not None,
+            "capture": capture,
+            "callbacks": sorted(callbacks),
+        }
         _send(
             self._sock,
             self._lock,
@@ -207,6 +223,8 @@ class Helper:
             if kind == "event":
                 if reporter is not None:
                     reporter.emit(message[1])
+            elif kind == "callback":
+                callbacks[message[1]](*message[2])
             elif kind == "out":
                 (sys.stdout if message[1] == 1 else sys.stderr).write(message[2])
             elif kind == "result":
@@ -313,6 +331,8 @@ def _serve(sock: socket.socket) -> None:
             kwargs["reporter"] = _RelayReporter(sock, lock)
         if flags["cancel"]:
             kwargs["cancel"] = cancel
+        for name in flags["callbacks"]:
+            kwargs[name] = _relay_callback(sock, lock, name)
         outcome: list[Any] = []
         worker = threading.Thread(
             target=_work,
