@@ -6,7 +6,8 @@
 #   scripts/busybox-rootfs.sh DIR            # populate DIR (created if missing; must be empty)
 #   scripts/busybox-rootfs.sh DIR OUT.tar    # also write a tar of it (numeric owners)
 #
-# Needs /usr/bin/busybox (apt-get install busybox-static). Run as root so files belong to 0:0.
+# Needs /usr/bin/busybox (apt-get install busybox-static). The tar records every file as 0:0,
+# whoever runs this (a rootless test user too).
 set -euo pipefail
 BUSYBOX=${BUSYBOX:-/usr/bin/busybox}
 if [ $# -lt 1 ] || [ $# -gt 2 ]; then
@@ -34,5 +35,5 @@ done
 printf 'root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/nonexistent:/bin/false\n' > "$root/etc/passwd"
 printf 'root:x:0:\nnogroup:x:65534:\n' > "$root/etc/group"
 if [ $# -eq 2 ]; then
-  tar -C "$root" --numeric-owner -cf "$2" .
+  tar -C "$root" --numeric-owner --owner=0 --group=0 -cf "$2" .
 fi
