@@ -129,3 +129,51 @@ def test_env_defaults() -> None:
     env = build_env(ProcessSpec(("true",), env=("A=1",)), user)
     assert env[0].startswith("PATH=/usr/local/sbin") and "A=1" in env and env[-1] == "HOME=/root"
     assert hosts_file("h").startswith("127.0.0.1\tlocalhost h\n")
+
+
+def test_rootless_config_binds_sys_with_the_hosts_network_and_drops_an_unmapped_tty_gid(
+    tmp_path: Path,
+) -> None:
+    from engine.userns import IdMapping, IdRange
+
+    user = ResolvedUser(0, 0, (0,), "/root")
+    single = IdMapping((IdRange(0, 1001, 1),), (IdRange(0, 1001, 1),))
+    ranged = IdMapping(
+        (IdRange(0, 1001, 1), IdRange(1, 100000, 65536)),
+        (IdRange(0, 1001, 1), IdRange(1, 100000, 65536)),
+    )
+    host = generate_config(ProcessSpec(("true",)), user, tmp_path, tmp_path, mapping=single)
+    mounts = {m["destination"]: m for m in host["mounts"]}
+    # sysfs may be mounted only in a network namespace of the user namespace: bound instead
+    assert mounts["/sys"]["type"] == "bind" and mounts["/sys"]["source"] == "/sys"
+    assert "ro" in mounts["/sys"]["options"] and "rbind" in mounts["/sys"]["options"]
+    assert "gid=5" not in mounts["/dev/pts"]["options"]
+    none = generate_config(
+        ProcessSpec(("true",), network="none"), user, tmp_path, tmp_path, mapping=ranged
+    )
+    mounts = {m["destination"]: m for m in none["mounts"]}
+    assert mounts["/sys"]["type"] == "sysfs"  # its own network namespace: a real sysfs
+    assert "gid=5" in mounts["/dev/pts"]["options"]
+    # as real root nothing changes
+    root = generate_config(ProcessSpec(("true",)), user, tmp_path, tmp_path)
+    assert {m["destination"]: m for m in root["mounts"]}["/sys"]["type"] == "sysfs"
+
+
+def test_runtime_preference_and_state_dir_follow_the_mode(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    import engine.userns.namespace as namespace
+    from engine.executor.oci import DEFAULT_STATE_DIR, default_state_dir
+    from engine.executor.runtime import default_preference
+
+    monkeypatch.setattr(namespace, "mode", lambda: "root")
+    assert default_preference() == ("crun", "runc")
+    assert default_state_dir() == DEFAULT_STATE_DIR
+    monkeypatch.setattr(namespace, "mode", lambda: "inside")
+    # crun 1.8 cannot hide cgroup v1 "hybrid" inside a user namespace: runc first
+    assert default_preference() == ("runc", "crun")
+    monkeypatch.setenv("XDG_RUNTIME_DIR", str(tmp_path))
+    assert default_state_dir() == tmp_path / "nbbuild"
+    monkeypatch.setenv("XDG_RUNTIME_DIR", str(tmp_path / "missing"))
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    assert default_state_dir() == tmp_path / "home" / ".cache" / "nbbuild-run"
