@@ -4,55 +4,104 @@
 topic, each saying what was found, what that means for builds, and how to fix it when it
 needs fixing:
 
-- **user**: root or not (RUN steps need root until rootless execution arrives);
+- **user**: root, root of a user namespace, or a normal user (whose builds run rootless: as
+  root of a user namespace mapped to the user's own ID and subordinate range);
 - **user namespaces**: whether this process may create one, and if not, why (the sysctls
   ``user.max_user_namespaces``, Debian's ``kernel.unprivileged_userns_clone``, Ubuntu's
   ``kernel.apparmor_restrict_unprivileged_userns``, a seccomp filter, the kernel's errno);
+- **ID mapping**: which IDs a rootless build maps (``/etc/subuid``/``/etc/subgid`` ranges of
+  the user, by name or uid; ``newuidmap``/``newgidmap`` present and setuid; no_new_privs),
+  tried for real the way a build enters its namespace;
 - **overlayfs**: whether an overlay can be mounted over directories on the store's filesystem
-  (tried for real, in a private mount namespace that vanishes with the probe);
+  (tried for real, in a private mount namespace that vanishes with the probe; for a normal
+  user in a user namespace, with ``userxattr``, as rootless builds mount it);
 - **runtimes**: crun, runc and bwrap with their versions, and which one RUN uses;
-- **sandbox**: whether the OCI executor can start here at all (root, util-linux tools);
+- **sandbox**: which executor and runtime a build uses here (root: crun or runc; rootless:
+  runc in a user namespace), or why RUN steps are refused;
 - **cgroups**: the layout (v2, v1, hybrid) and what nbbuild does about it;
 - **graphviz**: ``dot`` for SVG graphs (without it graphs are drawn as text and HTML);
-- **store**: where the store is and why there, its size, filesystem and free space.
+- **store**: where the store is and why there, its size, filesystem (network filesystems
+  break SQLite's WAL and overlay upper dirs), free space and permissions.
 
 Every probe is cheap (well under a second in all) and changes nothing: trial mounts and
-namespaces live in short-lived child processes, trial directories are removed. ``/proc`` is a
-parameter so tests can show what a locked-down host looks like.
+namespaces live in short-lived child processes, trial directories are removed. ``/proc`` and
+``/etc`` are parameters so tests can show what another host looks like (trials are then
+skipped).
 """
 
 from __future__ import annotations
 
 import errno
 import os
+import pwd
 import shutil
+import stat
 import subprocess
 import sys
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal, TypeAlias
+from typing import TYPE_CHECKING, Literal, TypeAlias
+
+if TYPE_CHECKING:
+    from engine.executor.runtime import Runtime
 
 __all__ = ["Finding", "Report", "Status", "mount_of", "probe", "probe_user_namespaces"]
 
 Status: TypeAlias = Literal["ok", "info", "warn", "fail"]
+_Mode: TypeAlias = Literal["root", "inside", "outside"]
 
 _GB = 1_000_000_000
 _LOW_FREE = 2 * _GB
-# Filesystems whose directories overlayfs cannot use as upper dirs, or that lose the cache.
-_BAD_UPPER = frozenset({"overlay", "nfs", "nfs4", "cifs", "smb3", "fuse", "9p", "vboxsf"})
+# Network filesystems: SQLite's WAL needs shared memory they do not provide, and overlayfs
+# refuses their directories as upper dirs.
+_NETWORK_FS = frozenset(
+    {"nfs", "nfs4", "cifs", "smb3", "smbfs", "9p", "vboxsf", "ceph", "afs", "lustre"}
+)
+# Other filesystems whose directories overlayfs cannot use as upper dirs.
+_BAD_UPPER = frozenset({"overlay", "fuse", "aufs", "ecryptfs"})
+_ROOTLESS_OVERLAY_KERNEL = (5, 11)
+_SUBID_COUNT = 65536
+_SUBID_FIRST = 100000
+# The overlay options the engine mounts with (engine.snapshot.overlay), as root and rootless.
+_ROOT_OPTIONS = "index=off,redirect_dir=off,metacopy=off"
+_ROOTLESS_OPTIONS = "index=off,redirect_dir=nofollow,metacopy=off,userxattr"
 
-# unshare(CLONE_NEWUSER) in a child interpreter: the parent (a kernel with threads) must not
-# change its own namespaces, and os.unshare only exists from Python 3.12.
+# In a child interpreter (the parent, which may have threads, must not change its own
+# namespaces; os.unshare only exists from Python 3.12): a user and mount namespace mapping
+# this user alone, made private as a build's is. Prints the errno and the stage that failed.
 _USERNS_SCRIPT = """\
-import ctypes, os, sys
+import ctypes, os
 libc = ctypes.CDLL(None, use_errno=True)
-if libc.unshare(0x10000000) != 0:
-    print(ctypes.get_errno())
-    sys.exit(1)
-print(0)
+uid, gid = os.geteuid(), os.getegid()
+def fail(stage):
+    print(ctypes.get_errno(), stage)
+    raise SystemExit(1)
+if libc.unshare(0x10000000 | 0x00020000) != 0:
+    fail("unshare")
+try:
+    with open("/proc/self/uid_map", "w") as f:
+        f.write(f"0 {uid} 1")
+    with open("/proc/self/setgroups", "w") as f:
+        f.write("deny")
+    with open("/proc/self/gid_map", "w") as f:
+        f.write(f"0 {gid} 1")
+except OSError as exc:
+    print(exc.errno, "uid_map")
+    raise SystemExit(1)
+if libc.mount(b"none", b"/", None, 0x4000 | (1 << 18), None) != 0:
+    fail("mount")
+print(0, "ok")
 """
-_OVERLAY_SCRIPT = 'mount -t overlay overlay -o "$1" "$2" && touch "$2/probe"'
+# The mapping a rootless build gets, entered the way builds enter it; prints the uid_map.
+_IDMAP_SCRIPT = """\
+from engine.userns.idmap import current_mapping
+from engine.userns.namespace import enter
+enter(current_mapping())
+with open("/proc/self/uid_map") as f:
+    print(f.read())
+"""
+_OVERLAY_SCRIPT = 'mount -t overlay overlay -o "$1" "$2" && touch "$2/probe" && umount "$2"'
 
 
 @dataclass(frozen=True, slots=True)
@@ -101,6 +150,11 @@ class Report:
     def can_run(self) -> bool:
         """RUN steps can execute here (the sandbox can start)."""
         return self["sandbox"].status != "fail"
+
+    @property
+    def failed(self) -> bool:
+        """Some finding is ``fail`` (``nbbuild doctor`` then exits with 1)."""
+        return any(f.status == "fail" for f in self.findings)
 
     @property
     def problems(self) -> tuple[Finding, ...]:
@@ -158,11 +212,20 @@ def _status_field(proc: Path, name: str) -> str | None:
     return None
 
 
-def _run(argv: list[str], timeout: float = 10.0) -> subprocess.CompletedProcess[str] | None:
+def _run(
+    argv: list[str], timeout: float = 10.0, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str] | None:
     try:
-        return subprocess.run(argv, capture_output=True, text=True, timeout=timeout, check=False)
+        return subprocess.run(
+            argv, capture_output=True, text=True, timeout=timeout, check=False, env=env
+        )
     except (OSError, subprocess.TimeoutExpired):
         return None
+
+
+def _last_line(text: str) -> str:
+    lines = text.strip().splitlines()
+    return lines[-1].strip() if lines else ""
 
 
 def _unescape(field: str) -> str:
@@ -215,24 +278,89 @@ def _size_text(n: int) -> str:
     return f"{n}B"  # pragma: no cover
 
 
+def _user_name(uid: int) -> str:
+    try:
+        return pwd.getpwuid(uid).pw_name
+    except KeyError:
+        return str(uid)
+
+
+def _kernel(proc: Path) -> tuple[str, tuple[int, ...]]:
+    """The kernel release and its leading numbers (``6.1.0-18-amd64`` → (6, 1, 0))."""
+    release = _read(proc / "sys" / "kernel" / "osrelease") or ""
+    numbers: list[int] = []
+    for part in release.split("-")[0].split("."):
+        if not part.isdigit():
+            break
+        numbers.append(int(part))
+    return release, tuple(numbers)
+
+
+def _mode(proc: Path, euid: int, real: bool) -> _Mode:
+    """Where the process stands (see :func:`engine.userns.namespace.mode`), for the host
+    described by ``proc`` and ``euid``."""
+    if real:
+        from engine.userns.namespace import mode
+
+        return mode()
+    if euid != 0:
+        return "outside"
+    uid_map = _read(proc / "self" / "uid_map")
+    if uid_map is None or uid_map.split() == ["0", "0", "4294967295"]:
+        return "root"
+    return "inside"
+
+
+def _remove_tree(path: Path) -> None:
+    """``rm -rf`` for trial directories, including the mode-000 ``work/work`` that overlayfs
+    leaves behind (owned by this user when it was mounted in a user namespace)."""
+
+    def retry(func: object, name: str, exc: object) -> None:
+        try:
+            os.chmod(os.path.dirname(name), 0o700)
+            if os.path.isdir(name) and not os.path.islink(name):
+                os.chmod(name, 0o700)
+                shutil.rmtree(name, ignore_errors=True)
+            else:
+                os.unlink(name)
+        except OSError:
+            pass
+
+    shutil.rmtree(path, onerror=retry)
+
+
 # -- probes -----------------------------------------------------------------------------------
 
 
-def _user(euid: int) -> Finding:
-    if euid == 0:
-        return Finding("user", "ok", "root (uid 0)", "RUN steps can run in containers")
+def _user(euid: int, mode: _Mode, proc: Path) -> Finding:
+    if mode == "root":
+        return Finding(
+            "user", "ok", "root (uid 0)", "RUN steps run in containers as real root, with every ID"
+        )
+    if mode == "inside":
+        uid_map = " ".join((_read(proc / "self" / "uid_map") or "").split()[:3])
+        return Finding(
+            "user",
+            "info",
+            f"root of a user namespace (uid_map {uid_map})"
+            if uid_map
+            else "root of a user namespace",
+            "builds run rootless here: only the IDs this namespace maps exist in steps "
+            "(see the ID mapping line)",
+        )
+    name = _user_name(euid)
     return Finding(
         "user",
-        "fail",
-        f"not root (uid {euid})",
-        "RUN steps need root until rootless execution arrives; plan, keys, explain, what-if "
-        "and COPY-only builds work",
-        "run the kernel (or nbbuild) as root, e.g. in a VM or a container where you are root",
+        "info",
+        f"not root (uid {euid}{'' if name == str(euid) else ', ' + name})",
+        "builds run rootless: each runs as root of a user namespace mapped to your uid (and "
+        "your subordinate IDs, see the next lines); files in the store belong to those IDs",
     )
 
 
 def probe_user_namespaces(proc: Path = Path("/proc"), *, euid: int | None = None) -> Finding:
     """Whether this process may create a user namespace, and if not, why not."""
+    real = proc == Path("/proc") and (euid is None or euid == os.geteuid())
     euid = os.geteuid() if euid is None else euid
     reasons: list[tuple[str, str]] = []  # (why, fix)
     limit = _read(proc / "sys" / "user" / "max_user_namespaces")
@@ -254,7 +382,7 @@ def probe_user_namespaces(proc: Path = Path("/proc"), *, euid: int | None = None
                     "AppArmor restricts unprivileged user namespaces "
                     "(kernel.apparmor_restrict_unprivileged_userns=1, Ubuntu 23.10+)",
                     "sysctl -w kernel.apparmor_restrict_unprivileged_userns=0, or an AppArmor "
-                    "profile with 'userns,' for the kernel's Python",
+                    "profile with 'userns,' for the Python that runs nbbuild",
                 )
             )
     if _status_field(proc, "Seccomp") == "2":
@@ -265,26 +393,31 @@ def probe_user_namespaces(proc: Path = Path("/proc"), *, euid: int | None = None
                 "(Kubernetes: seccompProfile Unconfined)",
             )
         )
-    if _status_field(proc, "NoNewPrivs") == "1" and euid != 0:
-        reasons.append(
-            (
-                "no_new_privs is set (setuid helpers such as newuidmap cannot map ID ranges)",
-                "run without no_new_privs (Kubernetes: allowPrivilegeEscalation: true)",
-            )
+    if real:
+        works, err, stage = _try_userns()
+    else:
+        # Another host described: its files decide, not this machine's kernel.
+        works, err, stage = (not reasons and limit is not None), None, ""
+    if euid == 0:
+        meaning = "not needed: RUN steps run as root (rootless builds use them)"
+        status: Status = "info"
+    else:
+        meaning = (
+            "builds run as root of a user namespace (rootless)"
+            if works
+            else "builds are refused with a clear error; plan, cache keys, explain and what-if "
+            "still work"
         )
-    works, err = _try_userns(proc)
-    meaning = (
-        "not needed while RUN steps run as root; rootless builds (arriving later) will use them"
-        if euid == 0
-        else "rootless builds (arriving later) need them"
-    )
+        status = "fail"
     if works:
         return Finding("user namespaces", "ok", "available", meaning)
     if err is not None and not reasons:
-        if err == errno.EPERM:
+        if err in (errno.EPERM, errno.EACCES):
+            where = {"unshare": "", "uid_map": " writing uid_map", "mount": " mounting"}.get(stage)
             reasons.append(
                 (
-                    "the kernel refused (EPERM): typical in a container without CAP_SYS_ADMIN",
+                    f"the kernel refused{where or ''} ({errno.errorcode.get(err, err)}): "
+                    "typical of a container's seccomp or AppArmor profile, or of a LSM policy",
                     "run the container with --security-opt seccomp=unconfined "
                     "--security-opt apparmor=unconfined, or on a VM",
                 )
@@ -298,29 +431,189 @@ def probe_user_namespaces(proc: Path = Path("/proc"), *, euid: int | None = None
                 ("the kernel has no user namespaces (CONFIG_USER_NS)", "use another kernel")
             )
         else:
-            reasons.append((f"unshare failed: {os.strerror(err)}", ""))
+            reasons.append((f"{stage or 'unshare'} failed: {os.strerror(err)}", ""))
     if not reasons:
         reasons.append(("the trial unshare could not be run", ""))
     why = "; ".join(r for r, _ in reasons)
     fix = "; ".join(f for _, f in reasons if f)
-    return Finding("user namespaces", "warn", f"unavailable: {why}", meaning, fix)
+    return Finding("user namespaces", status, f"unavailable: {why}", meaning, fix)
 
 
-def _try_userns(proc: Path) -> tuple[bool, int | None]:
-    if proc != Path("/proc"):
-        # A fake /proc describes another host: only its files count, not this one's kernel.
-        return _read(proc / "sys" / "user" / "max_user_namespaces") not in ("0", None), None
-    done = _run([sys.executable, "-c", _USERNS_SCRIPT])
+def _try_userns() -> tuple[bool, int | None, str]:
+    """(works, errno, stage) of a trial namespace in a child interpreter."""
+    done = _run([sys.executable, "-S", "-c", _USERNS_SCRIPT])
     if done is None:
-        return False, None
+        return False, None, ""
+    words = done.stdout.split()
     try:
-        code = int(done.stdout.strip() or "-1")
-    except ValueError:
-        return False, None
-    return code == 0, (code if code > 0 else None)
+        code = int(words[0])
+    except (IndexError, ValueError):
+        return False, None, ""
+    return code == 0 and done.returncode == 0, (code if code > 0 else None), words[-1]
 
 
-def _overlay(root: Path, proc: Path, euid: int) -> Finding:
+def _helper_usable(path: str) -> bool:
+    """``newuidmap``/``newgidmap`` can raise privileges: setuid root, or file capabilities
+    (Fedora installs them with ``cap_setuid``/``cap_setgid`` instead of the setuid bit)."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return False
+    if st.st_mode & stat.S_ISUID and st.st_uid == 0:
+        return True
+    try:
+        return bool(os.getxattr(path, "security.capability"))
+    except OSError:
+        return False
+
+
+def _free_range(etc: Path) -> tuple[int, int]:
+    """A subordinate range of 65536 IDs no user of ``etc``'s subuid/subgid has yet."""
+    start = _SUBID_FIRST
+    for name in ("subuid", "subgid"):
+        for line in (_read(etc / name) or "").splitlines():
+            fields = line.strip().split(":")
+            if len(fields) == 3 and fields[1].isdigit() and fields[2].isdigit():
+                start = max(start, int(fields[1]) + int(fields[2]))
+    return start, start + _SUBID_COUNT - 1
+
+
+def _id_mapping(
+    mode: _Mode, euid: int, proc: Path, etc: Path, userns_ok: bool, real: bool
+) -> Finding:
+    single_meaning = (
+        "single-ID mapping: container root is you and no other ID exists, so builds run but "
+        "steps that need another user or group (chown, USER app, COPY --chown, archives with "
+        "several owners) fail with a clear error"
+    )
+    if mode == "root":
+        return Finding(
+            "ID mapping", "ok", "not needed (root)", "steps can run as any user and group"
+        )
+    if mode == "inside":
+        from engine.userns.idmap import IdMapping, IdRange
+
+        def ranges(name: str) -> tuple[IdRange, ...]:
+            out = []
+            for line in (_read(proc / "self" / name) or "").splitlines():
+                fields = line.split()
+                if len(fields) == 3 and all(f.isdigit() for f in fields):
+                    out.append(IdRange(int(fields[0]), int(fields[1]), int(fields[2])))
+            return tuple(out)
+
+        mapping = IdMapping(ranges("uid_map"), ranges("gid_map"))
+        if mapping.single:
+            return Finding(
+                "ID mapping",
+                "warn",
+                f"this namespace maps {mapping.describe() or 'nothing'}",
+                single_meaning,
+                "map a range of IDs into this container (e.g. rootless Podman or Docker with "
+                "a subordinate range for its user)",
+            )
+        return Finding(
+            "ID mapping",
+            "ok",
+            f"this namespace maps {mapping.describe()}",
+            "steps can use the mapped users and groups",
+        )
+    from engine.userns.idmap import subordinate_ranges
+
+    name = _user_name(euid)
+    sub_u, sub_g = subordinate_ranges(euid, subuid=etc / "subuid", subgid=etc / "subgid")
+    helpers = {tool: shutil.which(tool) for tool in ("newuidmap", "newgidmap")}
+    missing_helpers = [tool for tool, path in helpers.items() if path is None]
+    not_setuid = [
+        str(path) for path in helpers.values() if path is not None and not _helper_usable(path)
+    ]
+    nnp = _status_field(proc, "NoNewPrivs") == "1"
+    ranges_text = (
+        f"subuid {', '.join(f'{s}-{s + c - 1}' for s, c in sub_u) or 'none'}, "
+        f"subgid {', '.join(f'{s}-{s + c - 1}' for s, c in sub_g) or 'none'} for {name}"
+    )
+    if missing_helpers or not (sub_u and sub_g):
+        fixes = []
+        if missing_helpers:
+            fixes.append("apt-get install uidmap (newuidmap and newgidmap)")
+        if not (sub_u and sub_g):
+            first, last = _free_range(etc)
+            flags = []
+            if not sub_u:
+                flags.append(f"--add-subuids {first}-{last}")
+            if not sub_g:
+                flags.append(f"--add-subgids {first}-{last}")
+            if name != str(euid):
+                fixes.append(f"sudo usermod {' '.join(flags)} {name}")
+            else:  # no passwd entry: usermod needs a login name; the files accept a uid
+                files = " ".join(
+                    f"/etc/{f}" for f, has in (("subuid", sub_u), ("subgid", sub_g)) if not has
+                )
+                fixes.append(f"echo {euid}:{first}:{_SUBID_COUNT} | sudo tee -a {files}")
+        found = f"only uid {euid} ({ranges_text}"
+        found += f"; {' and '.join(missing_helpers)} not found)" if missing_helpers else ")"
+        return Finding("ID mapping", "warn", found, single_meaning, "; ".join(fixes))
+    start_u, count_u = sub_u[0]
+    start_g, count_g = sub_g[0]
+    full = (
+        f"0→{euid}, 1-{count_u}→{start_u}-{start_u + count_u - 1}"
+        if (start_u, count_u) == (start_g, count_g)
+        else f"uids 0→{euid}, 1-{count_u}→{start_u}-{start_u + count_u - 1}; gids 1-{count_g}"
+        f"→{start_g}-{start_g + count_g - 1}"
+    )
+    refused = "builds cannot enter their user namespace, so RUN steps are refused"
+    if not_setuid:
+        return Finding(
+            "ID mapping",
+            "fail",
+            f"{ranges_text}, but {' and '.join(not_setuid)} not setuid root",
+            f"newuidmap cannot map the range: {refused}",
+            f"chmod u+s {' '.join(not_setuid)} (as root; Debian's uidmap package installs "
+            "them setuid), or remove the user's ranges to build with one ID",
+        )
+    if nnp:
+        return Finding(
+            "ID mapping",
+            "fail",
+            f"{ranges_text}, but no_new_privs is set",
+            f"the setuid newuidmap cannot gain privileges: {refused}",
+            "run without no_new_privs (Docker: no --security-opt no-new-privileges; "
+            "Kubernetes: allowPrivilegeEscalation: true), or remove the user's ranges from "
+            "/etc/subuid and /etc/subgid to build with one ID",
+        )
+    ids = f"IDs 0-{count_u}" if count_u == count_g else f"uids 0-{count_u} and gids 0-{count_g}"
+    meaning = f"steps can use {ids}: chown, USER app and COPY --chown work"
+    if not real or not userns_ok:
+        tried = "" if not real else " (not tried: no user namespace)"
+        return Finding("ID mapping", "ok", f"{full} ({ranges_text}){tried}", meaning)
+    error = _try_idmap()
+    if error:
+        return Finding(
+            "ID mapping",
+            "fail",
+            f"{full} ({ranges_text}) was refused: {error}",
+            refused,
+            f"check the lines for {name} in /etc/subuid and /etc/subgid (ranges of 65536 that "
+            "overlap no other user's), and that newuidmap/newgidmap come from uidmap",
+        )
+    return Finding("ID mapping", "ok", f"{full} ({ranges_text})", meaning)
+
+
+def _try_idmap() -> str:
+    """Enter the mapping a build gets in a child interpreter; "" when it worked, else why."""
+    import engine
+
+    code_dir = str(Path(engine.__file__).resolve().parent.parent)
+    path = os.environ.get("PYTHONPATH", "")
+    env = {**os.environ, "PYTHONPATH": code_dir + (os.pathsep + path if path else "")}
+    done = _run([sys.executable, "-c", _IDMAP_SCRIPT], env=env)
+    if done is None:
+        return "the trial could not be run"
+    if done.returncode != 0:
+        return _last_line(done.stderr) or f"exit code {done.returncode}"
+    return ""
+
+
+def _overlay(root: Path, proc: Path, euid: int, mode: _Mode, userns_ok: bool) -> Finding:
     filesystems = _read(proc / "filesystems") or ""
     if "overlay" not in filesystems.split():
         return Finding(
@@ -330,121 +623,246 @@ def _overlay(root: Path, proc: Path, euid: int) -> Finding:
             "RUN steps mount the image layers with overlayfs",
             "modprobe overlay (or use a kernel with CONFIG_OVERLAY_FS)",
         )
+    rootless = mode != "root"
+    release, version = _kernel(proc)
+    if rootless and version and version < _ROOTLESS_OVERLAY_KERNEL:
+        return Finding(
+            "overlayfs",
+            "fail",
+            f"Linux {release}: overlayfs in a user namespace needs 5.11+",
+            "rootless RUN steps cannot stack the image layers",
+            "use Linux 5.11 or later (or build as root)",
+        )
+    if mode == "outside" and not userns_ok:
+        return Finding(
+            "overlayfs",
+            "info",
+            "not tried: it needs a user namespace, which this user may not create",
+            "see the user namespaces line",
+        )
     unshare = shutil.which("unshare")
-    if unshare is None or proc != Path("/proc"):
+    if unshare is None or proc != Path("/proc") or (euid == 0) != (os.geteuid() == 0):
         return Finding("overlayfs", "ok", "supported by the kernel", "layers can be stacked")
     base = _existing(root)
-    argv = [unshare, "--mount", "--propagation", "private"]
-    extra = ""
-    if euid != 0:
+    if mode == "outside":
         argv = [unshare, "--user", "--map-root-user", "--mount", "--propagation", "private"]
-        extra = ",userxattr"
+    else:
+        argv = [unshare, "--mount", "--propagation", "private"]
     try:
         tmp = Path(tempfile.mkdtemp(prefix=".nbbuild-doctor-", dir=base))
     except OSError as exc:
         return Finding(
             "overlayfs",
-            "warn",
+            "fail",
             f"could not try it: {base} is not writable ({exc.strerror})",
-            "the store's directory must be writable",
-            "set NBBUILD_ROOT to a writable directory",
+            "builds cannot create the store there",
+            "set NBBUILD_ROOT (or --root) to a directory you can write",
         )
     try:
         dirs = {n: tmp / n for n in ("lower", "upper", "work", "merged")}
         for d in dirs.values():
             d.mkdir()
-        options = f"lowerdir={dirs['lower']},upperdir={dirs['upper']},workdir={dirs['work']}{extra}"
+        layers = f"lowerdir={dirs['lower']},upperdir={dirs['upper']},workdir={dirs['work']}"
+        options = f"{layers},{_ROOTLESS_OPTIONS if rootless else _ROOT_OPTIONS}"
         done = _run([*argv, "sh", "-c", _OVERLAY_SCRIPT, "sh", options, str(dirs["merged"])])
         ok = done is not None and done.returncode == 0 and (dirs["upper"] / "probe").exists()
-        detail = "" if done is None else (done.stderr.strip().splitlines() or [""])[-1]
+        detail = "" if done is None else _last_line(done.stderr)
     finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+        _remove_tree(tmp)
     where = mount_of(base, proc)
     fs = f" on {where[1]}" if where else ""
     if ok:
         return Finding(
             "overlayfs",
             "ok",
-            f"mounts over {base}{fs}" + (" (rootless, userxattr)" if extra else ""),
+            f"mounts over {base}{fs}" + (" (rootless, userxattr)" if rootless else ""),
             "RUN steps stack image layers without copying them",
         )
     return Finding(
         "overlayfs",
-        "fail" if euid == 0 else "warn",
+        "fail",
         f"cannot mount over {base}{fs}" + (f" ({detail})" if detail else ""),
         "RUN steps cannot stack the layers of the store's filesystem"
-        if euid == 0
-        else "rootless builds (arriving later) need rootless overlayfs (Linux 5.11+)",
+        + (" (rootless: overlayfs with userxattr in a user namespace)" if rootless else ""),
         "set NBBUILD_ROOT to a directory on ext4, xfs (ftype=1), btrfs or tmpfs",
     )
 
 
-def _runtimes() -> Finding:
-    from engine.executor.runtime import detect_runtimes
+def _preference(mode: _Mode) -> tuple[str, ...]:
+    """The OCI runtimes a build tries, best first (engine.executor.runtime's rule): crun then
+    runc as real root; runc then crun in a user namespace (crun 1.8 fails there on a cgroup
+    v1 hybrid host)."""
+    return ("crun", "runc") if mode == "root" else ("runc", "crun")
 
-    found = detect_runtimes()
+
+def _chosen_runtime(mode: _Mode, found: list[Runtime], real: bool) -> Runtime | None:
+    """The runtime a build here would use: the executor's own choice on this host."""
+    if real:
+        from engine.errors import NbbuildError
+        from engine.executor.runtime import find_runtime
+
+        try:
+            name = find_runtime().name
+        except NbbuildError:
+            return None
+        return next((r for r in found if r.name == name), None)
+    for preferred in _preference(mode):
+        for r in found:
+            if r.name == preferred:
+                return r
+    return None
+
+
+def _runtimes(found: list[Runtime], chosen: Runtime | None, mode: _Mode, layout: str) -> Finding:
     if not found:
         return Finding(
             "runtimes",
             "fail",
             "none of crun, runc, bwrap",
             "RUN steps need an OCI runtime",
-            "apt-get install crun (or runc)",
+            "apt-get install runc (or crun)",
         )
     listed = ", ".join(f"{r.name} {r.version or '(version unknown)'}" for r in found)
-    oci = [r for r in found if r.is_oci]
-    if not oci:
+    notes = []
+    for r in found:
+        if r.name == "bwrap":
+            old = bool(r.version) and r.version_tuple() < (0, 9)
+            notes.append(
+                f"bwrap {r.version} is not used (bubblewrap < 0.9 lacks overlay options)"
+                if old
+                else "bwrap is not used"
+            )
+    if chosen is None:
         return Finding(
             "runtimes",
             "fail",
             listed,
-            "bwrap is not used yet: RUN steps need crun or runc",
-            "apt-get install crun (or runc)",
+            "RUN steps need crun or runc" + (f"; {notes[0]}" if notes else ""),
+            "apt-get install runc (or crun)",
         )
-    return Finding("runtimes", "ok", listed, f"RUN steps use {oci[0].name} ({oci[0].path})")
+    how = "as root" if mode == "root" else "in a user namespace"
+    meaning = f"RUN steps use {chosen.name} ({chosen.path}) {how}"
+    names = {r.name for r in found}
+    if mode != "root" and chosen.name == "crun" and "runc" not in names and layout == "hybrid":
+        return Finding(
+            "runtimes",
+            "warn",
+            listed,
+            meaning + "; crun 1.8 fails rootless on a cgroup v1 hybrid host like this one",
+            "apt-get install runc",
+        )
+    return Finding("runtimes", "ok", listed, "; ".join([meaning, *notes]))
 
 
-def _sandbox() -> Finding:
-    from engine.errors import NbbuildError
-    from engine.executor.oci import OciExecutor
+def _missing_tools() -> list[str]:
+    # What OciExecutor needs besides the runtime (it checks the same).
+    return [tool for tool in ("unshare", "setpriv") if shutil.which(tool) is None]
 
-    try:
-        executor = OciExecutor()
-    except NbbuildError as exc:
+
+def _sandbox(
+    mode: _Mode, chosen: Runtime | None, userns: Finding, idmap: Finding, real: bool
+) -> Finding:
+    refused = "RUN steps are refused with a clear error; plan, cache keys, explain and what-if work"
+    if mode == "outside":
+        if userns.status != "ok":
+            return Finding(
+                "sandbox",
+                "fail",
+                "refused: no user namespace for rootless builds",
+                refused,
+                "see the user namespaces line (or build as root)",
+            )
+        if idmap.status == "fail":
+            return Finding(
+                "sandbox",
+                "fail",
+                "refused: the ID mapping cannot be entered",
+                refused,
+                "see the ID mapping line",
+            )
+    if chosen is None:
+        return Finding(
+            "sandbox", "fail", "unavailable: no OCI runtime", refused, "see the runtimes line"
+        )
+    missing = _missing_tools()
+    if missing:
         return Finding(
             "sandbox",
             "fail",
-            f"unavailable: {exc}",
-            "RUN steps are refused with a clear error; everything else works",
-            "see the user and runtimes lines",
+            f"unavailable: {' and '.join(missing)} (util-linux) not found",
+            refused,
+            "apt-get install util-linux",
         )
+    if mode == "outside":
+        return Finding(
+            "sandbox",
+            "ok",
+            f"OCI executor: {chosen.name} as root of a user namespace (rootless), in a "
+            "private mount and PID namespace",
+            "RUN steps run isolated; a notebook's builds run in a helper process inside the "
+            "namespace, and no container outlives a killed build",
+        )
+    if real:
+        from engine.errors import NbbuildError
+        from engine.executor.oci import OciExecutor
+
+        try:
+            executor = OciExecutor()
+        except NbbuildError as exc:
+            return Finding(
+                "sandbox",
+                "fail",
+                f"unavailable: {exc}",
+                refused,
+                "see the user and runtimes lines",
+            )
+        chosen_name = executor.runtime.name
+    else:
+        chosen_name = chosen.name
+    where = "as root" if mode == "root" else "as root of this user namespace (rootless)"
     return Finding(
         "sandbox",
         "ok",
-        f"{executor.runtime.name} in a private mount and PID namespace",
+        f"OCI executor: {chosen_name} {where}, in a private mount and PID namespace",
         "RUN steps run isolated, and no container outlives a killed build",
     )
 
 
-def _cgroups(proc: Path) -> Finding:
+def _layout(proc: Path) -> str:
     from engine.executor.runtime import cgroup_layout
 
     try:
-        layout = cgroup_layout(proc / "self" / "mountinfo")
+        return cgroup_layout(proc / "self" / "mountinfo")
     except (OSError, ValueError, IndexError):
-        layout = "none"
+        return "none"
+
+
+def _cgroups(layout: str, mode: _Mode) -> Finding:
+    rootless = mode != "root"
     if layout == "v2":
-        return Finding("cgroups", "ok", "v2 (unified)", "nothing to adapt")
+        return Finding(
+            "cgroups",
+            "ok",
+            "v2 (unified)",
+            "rootless steps run without cgroup limits" if rootless else "nothing to adapt",
+        )
     if layout == "hybrid":
         return Finding(
             "cgroups",
             "info",
             "v1 with a v2 'unified' hierarchy (hybrid)",
-            "crun 1.8 refuses this layout; nbbuild hides the unified hierarchy inside each "
-            "step's private namespace",
+            "crun 1.8 fails rootless on this layout, so rootless builds use runc, without cgroups"
+            if rootless
+            else "crun 1.8 refuses this layout; nbbuild hides the unified hierarchy inside "
+            "each step's private namespace",
         )
     if layout == "v1":
-        return Finding("cgroups", "ok", "v1", "steps run without cgroup limits")
+        return Finding(
+            "cgroups",
+            "ok",
+            "v1",
+            "steps run without cgroup limits" + (" (rootless)" if rootless else ""),
+        )
     return Finding(
         "cgroups",
         "info",
@@ -473,7 +891,61 @@ def _dot() -> Finding:
     return Finding("graphviz", "ok", f"dot{version} ({path})", "build graphs are drawn as SVG")
 
 
-def _store(root: Path, source: str, proc: Path) -> Finding:
+def _may_write(path: Path, euid: int, real: bool) -> bool:
+    """``euid`` may create entries in the directory ``path``."""
+    if real:
+        return os.access(path, os.W_OK | os.X_OK)
+    if euid == 0:
+        return True
+    try:
+        st = path.stat()
+    except OSError:
+        return False
+    if st.st_uid == euid:
+        return st.st_mode & 0o300 == 0o300
+    return st.st_mode & 0o003 == 0o003  # the simulated user's groups are unknown
+
+
+def _store_permissions(root: Path, euid: int, mode: _Mode, real: bool) -> Finding | None:
+    """A finding when this user cannot use the store at ``root`` (None: it can)."""
+    fix = "set NBBUILD_ROOT (or --root) to a directory of your own, e.g. ~/.cache/nbbuild"
+    if not root.exists():
+        parent = _existing(root)
+        if not parent.is_dir() or not _may_write(parent, euid, real):
+            return Finding(
+                "store",
+                "fail",
+                f"{root} does not exist and {parent} is not writable",
+                "builds cannot create the store",
+                fix,
+            )
+        return None
+    if not root.is_dir():
+        return Finding("store", "fail", f"{root} is not a directory", "builds cannot use it", fix)
+    owner = root.stat().st_uid
+    if mode == "outside" and owner != euid:
+        return Finding(
+            "store",
+            "fail",
+            f"{root} belongs to {_user_name(owner)} (uid {owner}), not to you",
+            "a store is used by the user who made it (rootless snapshot files belong to that "
+            "user's subordinate IDs; a store made by root keeps root's IDs)",
+            fix,
+        )
+    if not _may_write(root, euid, real) or (
+        (root / "meta.db").exists() and real and not os.access(root / "meta.db", os.W_OK)
+    ):
+        return Finding(
+            "store",
+            "fail",
+            f"{root} is not writable",
+            "builds cannot record results in the cache",
+            f"chmod u+rwx {root} (as its owner), or {fix}",
+        )
+    return None
+
+
+def _store(root: Path, source: str, proc: Path, euid: int, mode: _Mode, real: bool) -> Finding:
     where = mount_of(root, proc)
     fs = where[1] if where else "unknown filesystem"
     try:
@@ -481,6 +953,9 @@ def _store(root: Path, source: str, proc: Path) -> Finding:
         free = st.f_bavail * st.f_frsize
     except OSError:
         free = -1
+    denied = _store_permissions(root, euid, mode, real)
+    if denied is not None:
+        return denied
     size_text = "not created yet"
     if (root / "meta.db").exists():
         try:
@@ -496,13 +971,24 @@ def _store(root: Path, source: str, proc: Path) -> Finding:
     chosen = f" (from {source})" if source else ""
     free_text = f", {_size_text(free)} free" if free >= 0 else ""
     found = f"{root}{chosen}: {size_text}, {fs}{free_text}"
+    move = "set NBBUILD_ROOT to a local directory on ext4, xfs, btrfs or tmpfs"
+    if fs in _NETWORK_FS:
+        return Finding(
+            "store",
+            "fail",
+            found,
+            f"{fs} is a network filesystem (an NFS home?): it breaks SQLite's WAL (the "
+            "cache index needs shared memory between processes of one host) and overlayfs "
+            "cannot use its directories as upper dirs, so RUN steps fail",
+            move,
+        )
     if fs in _BAD_UPPER or fs.startswith("fuse"):
         return Finding(
             "store",
             "warn",
             found,
-            f"overlayfs cannot use directories on {fs} as layers",
-            "set NBBUILD_ROOT to a directory on ext4, xfs, btrfs or tmpfs",
+            f"overlayfs cannot use directories on {fs} as upper dirs (RUN steps' layers)",
+            move,
         )
     if 0 <= free < _LOW_FREE:
         return Finding(
@@ -530,6 +1016,7 @@ def probe(
     *,
     root_source: str = "",
     proc: Path = Path("/proc"),
+    etc: Path = Path("/etc"),
     euid: int | None = None,
 ) -> Report:
     """Look at this host (see the module doc).
@@ -540,29 +1027,31 @@ def probe(
             setting``, ``the default``), shown in the store line.
         proc: the ``/proc`` to read (tests pass a fake one; trial mounts and namespaces are
             then skipped).
-        euid: the effective uid to judge by (default: this process's).
+        etc: where ``subuid`` and ``subgid`` are read (tests pass a fake one; the trial of
+            the ID mapping is then skipped).
+        euid: the effective uid to judge by (default: this process's; another one describes
+            another user, without trials that would run as this one).
     """
+    from engine.executor.runtime import detect_runtimes
+
     euid = os.geteuid() if euid is None else euid
+    real = proc == Path("/proc") and euid == os.geteuid()
+    mode = _mode(proc, euid, real)
+    userns = probe_user_namespaces(proc, euid=euid)
+    userns_ok = userns.status == "ok"
+    idmap = _id_mapping(mode, euid, proc, etc, userns_ok, real and etc == Path("/etc"))
+    found = detect_runtimes()
+    chosen = _chosen_runtime(mode, found, real)
+    layout = _layout(proc)
     findings: list[Finding] = [
-        _user(euid),
-        probe_user_namespaces(proc, euid=euid),
-        _overlay(root, proc, euid),
-        _runtimes(),
-        _sandbox() if proc == Path("/proc") and euid == os.geteuid() else _fake_sandbox(euid),
-        _cgroups(proc),
+        _user(euid, mode, proc),
+        userns,
+        idmap,
+        _overlay(root, proc, euid, mode, userns_ok),
+        _runtimes(found, chosen, mode, layout),
+        _sandbox(mode, chosen, userns, idmap, real),
+        _cgroups(layout, mode),
         _dot(),
-        _store(root, root_source, proc),
+        _store(root, root_source, proc, euid, mode, real),
     ]
     return Report(tuple(findings))
-
-
-def _fake_sandbox(euid: int) -> Finding:
-    if euid != 0:
-        return Finding(
-            "sandbox",
-            "fail",
-            "unavailable: the OCI executor needs root",
-            "RUN steps are refused with a clear error; everything else works",
-            "see the user and runtimes lines",
-        )
-    return Finding("sandbox", "ok", "not tried (another host described)", "assumed to work")

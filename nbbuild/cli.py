@@ -75,11 +75,12 @@ def _parser() -> argparse.ArgumentParser:
     )
     p.set_defaults(run=_cmd_plan)
 
-    from nbbuild import _cli_build, _cli_cache, _cli_image
+    from nbbuild import _cli_build, _cli_cache, _cli_doctor, _cli_image
 
     _cli_build.register(sub, _key_value)
     _cli_image.register(sub)
     _cli_cache.register(sub)
+    _cli_doctor.register(sub)
     return parser
 
 
