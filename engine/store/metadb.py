@@ -207,6 +207,17 @@ def _m007_images(conn: sqlite3.Connection) -> None:
     migration_images(conn)
 
 
+def _m008_settings(conn: sqlite3.Connection) -> None:
+    # Facts about the store as a whole. ``overlay_xattrs``: "trusted" when its layers were made
+    # by real root, "user" when made in a user namespace (a rootless build): overlayfs reads
+    # opaque-directory markers from that namespace of xattrs only. A store made before this
+    # table existed was made by root (rootless builds came later).
+    conn.execute("CREATE TABLE settings (key TEXT PRIMARY KEY, value TEXT NOT NULL)")
+    has_snapshots = conn.execute("SELECT 1 FROM snapshots LIMIT 1").fetchone() is not None
+    if has_snapshots:
+        conn.execute("INSERT INTO settings VALUES ('overlay_xattrs', 'trusted')")
+
+
 MIGRATIONS: list[Migration] = [
     _m001_stat_cache,
     _m002_preimages,
@@ -215,6 +226,7 @@ MIGRATIONS: list[Migration] = [
     _m005_builds,
     _m006_quarantine,
     _m007_images,
+    _m008_settings,
 ]
 
 

@@ -142,11 +142,33 @@ class Store:
         try:
             store = cls(root, db)
             if not _outside_namespace():
+                store._check_flavour()
                 store.sweep()
         except BaseException:
             db.close()
             raise
         return store
+
+    def _check_flavour(self) -> None:
+        """Refuse a store whose layers were made in the other mode (root / rootless): their
+        opaque-directory markers are xattrs of a namespace this mode's overlays do not read,
+        so deleted directories would silently come back."""
+        from engine.userns.namespace import mode
+
+        here = "trusted" if mode() == "root" else "user"
+        with self.db.transaction() as conn:
+            row = conn.execute("SELECT value FROM settings WHERE key = 'overlay_xattrs'").fetchone()
+            if row is None:
+                conn.execute("INSERT INTO settings VALUES ('overlay_xattrs', ?)", (here,))
+                return
+        if row[0] != here:
+            made = "real root" if row[0] == "trusted" else "a rootless build (a user namespace)"
+            now = "as real root" if here == "trusted" else "in a user namespace (rootless)"
+            raise StoreError(
+                f"the store at {self.root} was made by {made} and cannot be used {now}: "
+                "their layers mark deleted directories differently; point NBBUILD_ROOT (or "
+                "--root) at another directory"
+            )
 
     def close(self) -> None:
         self.db.close()

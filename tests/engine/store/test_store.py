@@ -348,3 +348,42 @@ def test_threads_share_one_store(store: Store) -> None:
     for j in range(10):
         ids = {results[i * 100 + j].id for i in range(4)}
         assert len(ids) == 1
+
+
+def test_a_store_is_used_only_in_the_mode_that_made_its_layers(tmp_path: Path) -> None:
+    """Layers made by real root mark opaque dirs with trusted.* xattrs, rootless ones with
+    user.*; overlayfs reads only its mode's kind, so the other mode is refused, clearly."""
+    import sqlite3
+
+    from engine.userns.helper import Helper
+    from engine.userns.namespace import mode
+
+    root = tmp_path / "store"
+    helper = Helper()  # inside a user namespace: what a rootless build sees
+    try:
+        if mode() == "outside":
+            # a normal user's store is made (and only used) inside the namespace
+            assert (
+                helper.call(
+                    "nbbuild.cli:main", (["cache", "du", "--root", str(root)],), {}, capture=True
+                )
+                == 0
+            )
+            made = "user"
+        else:
+            Store.open(root).close()
+            made = "trusted"
+        db = sqlite3.connect(root / "meta.db")
+        assert db.execute("SELECT key, value FROM settings").fetchall() == [
+            ("overlay_xattrs", made)
+        ]
+        if made == "trusted":
+            with pytest.raises(StoreError, match="made by real root.*another directory"):
+                helper.call("engine.store.store:Store.open", (root,), {})
+        db.execute("UPDATE settings SET value = 'other' WHERE key = 'overlay_xattrs'")
+        db.commit()
+        db.close()
+        with pytest.raises(StoreError, match="cannot be used"):
+            helper.call("engine.store.store:Store.open", (root,), {})
+    finally:
+        helper.close()
