@@ -378,7 +378,7 @@ def test_a_store_is_used_only_in_the_mode_that_made_its_layers(tmp_path: Path) -
             ("overlay_xattrs", made)
         ]
         if made == "trusted":
-            with pytest.raises(StoreError, match="made by real root.*another directory"):
+            with pytest.raises(StoreError, match=r"made by real root.*another directory"):
                 helper.call("engine.store.store:Store.open", (root,), {})
         db.execute("UPDATE settings SET value = 'other' WHERE key = 'overlay_xattrs'")
         db.commit()
