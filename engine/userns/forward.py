@@ -14,6 +14,9 @@ NO_USERNS_HINT = (
     "says why and how to fix it"
 )
 
+# What failed, by target, for the message (a build unless said here).
+_ACTIONS = {"engine.run:run_image_at": "cannot run the image"}
+
 
 def forward(target: str, *args: Any, **kwargs: Any) -> Any:
     """``target(*args, **kwargs)`` (``"module:function"``) run by a helper inside a user
@@ -29,4 +32,5 @@ def forward(target: str, *args: Any, **kwargs: Any) -> Any:
     try:
         return call(target, *args, **kwargs)
     except UsernsUnavailable as exc:
-        raise UsernsUnavailable(f"cannot build: {exc}; {NO_USERNS_HINT}") from None
+        action = _ACTIONS.get(target, "cannot build")
+        raise UsernsUnavailable(f"{action}: {exc}; {NO_USERNS_HINT}") from None
