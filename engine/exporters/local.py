@@ -6,6 +6,11 @@ Owners, modes, times, xattrs (except overlayfs's own, ``system.*`` and ``securit
 (BuildKit's local exporter, ``exporter/local/fs.go``: ``st.ModTime = epoch`` for each entry; only
 image layers clamp, with ``rewrite-timestamp``); without it times are kept to the nanosecond.
 
+Rootless (any mode but real root, :func:`engine.userns.mode`), files are written as the user,
+as BuildKit's filesync receiver writes every file as the client's user: owners are not kept
+(files owned by the user's subordinate IDs could not even be deleted by the user), and device
+nodes, which a user namespace cannot create, are skipped.
+
 ``dest`` may already exist: entries are written over what is there (like BuildKit's local
 exporter). Writing never follows a symlink in ``dest``: each directory is checked to be a real
 directory (and replaced if it is not) before anything is written into it, and files are created
@@ -24,6 +29,7 @@ from pathlib import Path
 from engine.exporters.merged import walk_merged
 from engine.images.errors import ImageError
 from engine.images.tarwriter import read_xattrs
+from engine.userns.namespace import mode as userns_mode
 
 __all__ = ["export_local"]
 
@@ -65,13 +71,16 @@ def export_local(
         ImageError: a layer cannot be read or ``dest`` cannot be written.
     """
     try:
-        # A missing destination is created 0700, as BuildKit's local exporter does. Owners are
-        # kept (when we may set them), unlike Docker 20.10's client, which writes everything
-        # as itself: a notebook user inspecting an output wants to see who owns what.
+        # A missing destination is created 0700, as BuildKit's local exporter does. As real
+        # root, owners are kept, unlike Docker 20.10's client, which writes everything as
+        # itself: a notebook user inspecting an output wants to see who owns what. Rootless,
+        # everything is the user's (see the module doc).
         if not dest.exists():
             dest.parent.mkdir(parents=True, exist_ok=True)
             dest.mkdir(mode=0o700)
         root = os.fsencode(dest.resolve())
+        # Owners and devices need real root; a rootless export writes everything as the user.
+        rootful = userns_mode() == "root"
         links: dict[tuple[int, int], bytes] = {}
         dirs: list[tuple[bytes, int]] = []
         for entry in walk_merged(layers):
@@ -84,6 +93,9 @@ def export_local(
                 else source_date_epoch * 1_000_000_000
             )
             if stat.S_ISSOCK(mode):
+                continue
+            if not rootful and (stat.S_ISCHR(mode) or stat.S_ISBLK(mode)):
+                _remove(target)  # what the build's filesystem has there is not this
                 continue
             if stat.S_ISDIR(mode):
                 try:
@@ -112,20 +124,18 @@ def export_local(
                     os.mkfifo(target, 0o600)
                 else:
                     continue
-            _set_metadata(entry.host, target, st, mtime_ns)
+            _set_metadata(entry.host, target, st, mtime_ns, owners=rootful)
         for target, mtime_ns in reversed(dirs):
             os.utime(target, ns=(mtime_ns, mtime_ns), follow_symlinks=False)
     except OSError as exc:
         raise ImageError(f"cannot export to {dest}: {exc}") from None
 
 
-def _set_metadata(src: bytes, target: bytes, st: os.stat_result, mtime_ns: int) -> None:
-    try:
+def _set_metadata(
+    src: bytes, target: bytes, st: os.stat_result, mtime_ns: int, *, owners: bool
+) -> None:
+    if owners:
         os.lchown(target, st.st_uid, st.st_gid)
-    except PermissionError:
-        if os.geteuid() == 0:
-            raise
-        # an unprivileged export keeps the caller's ownership, as `cp -a` does
     for name, value in read_xattrs(src).items():
         try:
             os.setxattr(target, name, value, follow_symlinks=False)

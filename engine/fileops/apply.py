@@ -15,6 +15,7 @@ user-namespace helper process (rootless builds).
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import stat
 from collections.abc import Mapping, Sequence
@@ -31,8 +32,8 @@ from engine.fileops.mkdir import make_dir
 from engine.fileops.mkfile import make_file
 from engine.fileops.tree import EmptyTree, LayerTree, as_read_tree
 from engine.fileops.untar import extract_archive
-from engine.fileops.upper import OPAQUE_XATTR, Upper, display, open_source
-from engine.graph.ops import ChownSpec, ContentSpec, CopyAction, FileOp, MkdirAction
+from engine.fileops.upper import Upper, display, open_source
+from engine.graph.ops import ChownSpec, ContentSpec, CopyAction, FileAction, FileOp, MkdirAction
 from engine.snapshot.layers import LayerView
 
 __all__ = ["apply_file_op", "result_checksum"]
@@ -45,7 +46,7 @@ def apply_file_op(
     sources: Mapping[int, ReadTree | LayerView],
     out: Path,
     created_ns: int | None = None,
-    opaque_xattr: str = OPAQUE_XATTR,
+    opaque_xattr: str | None = None,
 ) -> None:
     """Apply ``op``'s actions, writing the new diff layer into ``out``.
 
@@ -62,12 +63,15 @@ def apply_file_op(
         created_ns: time given to what the op creates without a source time (parent
             directories, WORKDIR, inline files), e.g. ``SOURCE_DATE_EPOCH``; None: now.
             Copied entries always keep their source's times.
-        opaque_xattr: the opaque-directory marker to write (``user.overlay.opaque`` for
-            layers mounted with ``userxattr`` in a user namespace).
+        opaque_xattr: the opaque-directory marker to write; None (the default): the one
+            overlayfs uses where this process runs (``user.overlay.opaque`` in a user
+            namespace, where layers are mounted with ``userxattr``; else ``trusted.*``).
 
     Raises:
         FileOpError: an action failed (BuildKit's wording: ``lstat /x: no such file or
             directory``, ``cannot replace to directory /d with file``, ...).
+        IdMappingError: in a user namespace (rootless), an owner the namespace does not map
+            (``--chown``, or a copied file's or archive entry's own).
     """
     with os.scandir(out) as entries:
         if any(True for _ in entries):
@@ -77,7 +81,7 @@ def apply_file_op(
     upper.init_root()
     trees = {index: as_read_tree(tree) for index, tree in sources.items()}
     for number, action in enumerate(op.actions):
-        owner = _owner(op, action.chown, number, upper, trees)
+        owner = _owner(op, action, number, upper, trees)
         if isinstance(action, CopyAction):
             tree = _source(op, action.src_input, dest, trees)
             _copy(action, tree, upper, owner, created_ns)
@@ -103,11 +107,12 @@ def _source(
 
 def _owner(
     op: FileOp,
-    spec: ChownSpec | None,
+    action: FileAction,
     number: int,
     upper: Upper,
     trees: Mapping[int, ReadTree],
 ) -> Owner | None:
+    spec: ChownSpec | None = action.chown
     if spec is None:
         return None
     index = op.user_db_input
@@ -124,7 +129,12 @@ def _owner(
         if tree is None:
             raise FileOpError(f"invalid user index: {index}")
         read = _user_file_reader(tree)
-    return resolve_owner(spec, read)
+    owner = resolve_owner(spec, read)
+    if isinstance(action, MkdirAction):
+        # WORKDIR under USER, a cache mount's uid/gid: not a --chown the user wrote.
+        given = f"{spec.user}:{spec.group}" if spec.group else spec.user
+        owner = dataclasses.replace(owner, given=f"the owner {given}")
+    return owner
 
 
 def _user_file_reader(tree: ReadTree | Upper) -> UserFileReader:

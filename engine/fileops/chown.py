@@ -16,7 +16,7 @@ BuildKit's rules (``llb.WithUser`` on the client, ``readUser`` in the solver):
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from engine.fileops.errors import FileOpError
 from engine.graph.ops import ChownSpec
@@ -32,10 +32,24 @@ UserFileReader = Callable[[str], "bytes | None"]
 
 @dataclass(frozen=True, slots=True)
 class Owner:
-    """Numeric owner of written entries."""
+    """Numeric owner of written entries.
+
+    Attributes:
+        uid: the user id.
+        gid: the group id.
+        given: how the owner was asked for (``--chown=app:staff``), for errors; not part of
+            equality.
+    """
 
     uid: int
     gid: int
+    given: str = field(default="", compare=False)
+
+    def needs(self, rel: str) -> str:
+        """What giving ``rel`` (a relative image path) this owner needs, for the error a
+        user namespace that does not map it gives (``--chown=1000 needs {id} (/app)``)."""
+        given = self.given or f"--chown={self.uid}:{self.gid}"
+        return f"{given} needs {{id}} (/{rel})"
 
 
 def parse_go_int(text: str) -> int | None:
@@ -93,6 +107,7 @@ def resolve_owner(spec: ChownSpec, read: UserFileReader | None) -> Owner:
     user, group = spec.user, spec.group
     if not group and ":" in user:
         user, _, group = user.partition(":")
+    given = "--chown=" + (f"{user}:{group}" if group else user)
     uid = gid = 0
     by_id = _parse_id(user)
     if by_id is not None:
@@ -113,4 +128,4 @@ def resolve_owner(spec: ChownSpec, read: UserFileReader | None) -> Owner:
             entry = _lookup(read("/etc/group"), group, 0, skip_comments=True)
             if entry is not None:
                 gid = _field(entry, 2)
-    return Owner(uid, gid)
+    return Owner(uid, gid, given)

@@ -21,6 +21,9 @@ The rules, as fsutil implements them (``tonistiigi/fsutil/copy``):
 * include/exclude patterns filter paths relative to the copied source; directories on the way to
   an included path are created even when they are not included themselves;
 * hard links among copied files are kept; sockets become empty regular files.
+
+In a user namespace (rootless builds) device nodes are skipped, as rootless BuildKit does, and
+an owner the namespace does not map fails with an :class:`~engine.userns.IdMappingError`.
 """
 
 from __future__ import annotations
@@ -39,6 +42,7 @@ from engine.fileops.errors import FileOpError, os_error
 from engine.fileops.mkdir import mkdir_all, restore_times
 from engine.fileops.tree import content_xattrs
 from engine.fileops.upper import Upper, copy_content, display, open_source
+from engine.userns import ownership
 
 __all__ = ["CopyOptions", "clean_path", "copy_path", "resolve_wildcards"]
 
@@ -257,7 +261,8 @@ class _Copier:
             os.close(self.upper.create_file(target))  # a socket is copied as an empty file
         else:
             rdev = fi.st_rdev if stat.S_ISCHR(mode) or stat.S_ISBLK(mode) else 0
-            self.upper.mknod(target, mode, rdev)
+            if not self.upper.mknod(target, mode, rdev):
+                return  # a device, in a user namespace: skipped
 
         if copy_info:
             self._copy_file_info(fi, src_rel, target)
@@ -285,7 +290,7 @@ class _Copier:
             try:
                 copy_content(src_fd, dst_fd)
                 if with_info:
-                    self._file_info_fd(dst_fd, fi, src_rel)
+                    self._file_info_fd(dst_fd, fi, src_rel, target)
             finally:
                 os.close(dst_fd)
         finally:
@@ -305,23 +310,26 @@ class _Copier:
                 raise os_error("create", display(target), exc) from None
             try:
                 copy_content(src_fd, dst_fd)
-                self._file_info_fd(dst_fd, fi, src_rel)
+                self._file_info_fd(dst_fd, fi, src_rel, target)
             finally:
                 os.close(dst_fd)
         finally:
             os.close(src_fd)
 
-    def _file_info_fd(self, fd: int, fi: os.stat_result, src_rel: str) -> None:
-        # The same as _copy_file_info + set_xattrs, in the same order (owner before mode, so a
-        # setuid bit survives; times last, after the content was written), on the descriptor.
+    def _owner_of(self, fi: os.stat_result, src_rel: str, target: str) -> tuple[int, int, str]:
+        # The owner a copied entry gets, and what needs it (for a user namespace's error).
         owner = self.opts.owner
         if owner is not None:
-            uid, gid = owner.uid, owner.gid
-        elif self.src.normalize_owner:
-            uid, gid = 0, 0
-        else:
-            uid, gid = fi.st_uid, fi.st_gid
-        os.fchown(fd, uid, gid)
+            return owner.uid, owner.gid, owner.needs(target)
+        if self.src.normalize_owner:
+            return 0, 0, ""  # root: mapped in every namespace
+        return fi.st_uid, fi.st_gid, f"{display(src_rel)} of the source is owned by {{id}}"
+
+    def _file_info_fd(self, fd: int, fi: os.stat_result, src_rel: str, target: str) -> None:
+        # The same as _copy_file_info + set_xattrs, in the same order (owner before mode, so a
+        # setuid bit survives; times last, after the content was written), on the descriptor.
+        uid, gid, what = self._owner_of(fi, src_rel, target)
+        ownership.chown(fd, uid, gid, what=what)
         mode = stat.S_IMODE(fi.st_mode)
         if self.opts.chmod is not None:
             mode = self.opts.chmod.apply(fi.st_mode, False)
@@ -407,14 +415,8 @@ class _Copier:
         return False
 
     def _copy_file_info(self, fi: os.stat_result, src_rel: str, target: str) -> None:
-        owner = self.opts.owner
-        if owner is not None:
-            uid, gid = owner.uid, owner.gid
-        elif self.src.normalize_owner:
-            uid, gid = 0, 0
-        else:
-            uid, gid = fi.st_uid, fi.st_gid
-        self.upper.chown(target, uid, gid)
+        uid, gid, what = self._owner_of(fi, src_rel, target)
+        self.upper.chown(target, uid, gid, what=what or None)
         if not stat.S_ISLNK(fi.st_mode):
             mode = stat.S_IMODE(fi.st_mode)
             if self.opts.chmod is not None:

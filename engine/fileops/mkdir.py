@@ -42,7 +42,7 @@ def mkdir_all(
     created = mkdir_all(upper, rel.rpartition("/")[0], perm, owner, created_ns) if rel else []
     upper.mkdir(rel, perm & 0o777)
     if owner is not None:
-        upper.chown(rel, owner.uid, owner.gid)
+        upper.chown(rel, owner.uid, owner.gid, what=owner.needs(rel))
     if created_ns is not None:
         upper.utime(rel, created_ns, created_ns)
     created.append(rel)
@@ -80,6 +80,6 @@ def make_dir(
         raise os_error("mkdir", display(rel), _ENOTDIR)
     upper.mkdir(rel, action.mode & 0o777)
     if owner is not None:
-        upper.chown(rel, owner.uid, owner.gid)
+        upper.chown(rel, owner.uid, owner.gid, what=owner.needs(rel))
     if created_ns is not None:
         upper.utime(rel, created_ns, created_ns)

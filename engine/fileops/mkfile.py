@@ -50,7 +50,7 @@ def make_file(
     if st is None:
         upper.chmod(rel, action.mode & 0o777)
     if owner is not None:
-        upper.chown(rel, owner.uid, owner.gid)
+        upper.chown(rel, owner.uid, owner.gid, what=owner.needs(rel))
     chmod = parse_chmod(action.chmod)
     if chmod is not None:
         current = upper.lstat(rel)

@@ -14,6 +14,10 @@ owner is the entry's uid/gid, or ``--chown``'s; mode and times are the entry's (
 does not apply); ``SCHILY.xattr.*`` records become xattrs (refused ones skipped, overlayfs's
 never written); directories get their times again at the end. The destination itself is
 created like a copy's (``0755``, ``--chown``).
+
+In a user namespace (rootless builds), device entries are skipped, as rootless BuildKit does
+(the kernel refuses to create devices there), and an owner the namespace does not map fails
+with an :class:`~engine.userns.IdMappingError` naming the entry.
 """
 
 from __future__ import annotations
@@ -111,10 +115,12 @@ def _bound(seconds: float) -> int:
 
 
 class _Extractor:
-    def __init__(self, upper: Upper, base: str, owner: Owner | None) -> None:
+    def __init__(self, upper: Upper, base: str, owner: Owner | None, archive: str = "") -> None:
         self.upper = upper
         self.base = base
         self.owner = owner
+        self.archive = archive
+        self.skipped: set[str] = set()  # device entries a user namespace could not create
         self.dirs: list[tuple[str, int, int]] = []
         self.implied: list[str] = []
 
@@ -186,6 +192,9 @@ class _Extractor:
             upper.symlink(member.linkname, path)
         elif member.islnk():
             link_target = self.resolve(member.linkname, False)
+            if link_target in self.skipped and upper.lstat(link_target) is None:
+                self.skipped.add(path)
+                return  # a link to a device that was skipped: skipped too
             if upper.lstat(link_target) is None:
                 # Go's *LinkError, with both names as the chroot sees them.
                 old = go_clean("/" + member.linkname)
@@ -194,16 +203,20 @@ class _Extractor:
             upper.link(link_target, path)
         elif member.ischr() or member.isblk():
             kind = stat.S_IFCHR if member.ischr() else stat.S_IFBLK
-            upper.mknod(
-                path, kind | (member.mode & 0o7777), os.makedev(member.devmajor, member.devminor)
-            )
+            device = os.makedev(member.devmajor, member.devminor)
+            if not upper.mknod(path, kind | (member.mode & 0o7777), device):
+                self.skipped.add(path)
+                return  # in a user namespace: skipped
         elif member.isfifo():
             upper.mknod(path, stat.S_IFIFO | (member.mode & 0o7777), 0)
         else:
             raise FileOpError(f"unhandled tar header type {ord(member.type[:1] or b'0')}")
 
-        uid, gid = (self.owner.uid, self.owner.gid) if self.owner else (member.uid, member.gid)
-        upper.chown(path, uid, gid)
+        if self.owner is not None:
+            upper.chown(path, self.owner.uid, self.owner.gid, what=self.owner.needs(path))
+        else:
+            what = f"the archive {self.archive} has files owned by {{id}} ({member.name})"
+            upper.chown(path, member.uid, member.gid, what=what)
         self.xattrs(member, path)
         target_is_link = False
         if link_target is not None:
@@ -281,7 +294,7 @@ def extract_archive(
         assert stream is not None
         dest_rel = upper.resolve(dest, True)
         created = mkdir_all(upper, dest_rel, 0o755, owner, created_ns)
-        extractor = _Extractor(upper, dest_rel, owner)
+        extractor = _Extractor(upper, dest_rel, owner, display(src.rel))
         try:
             with tarfile.open(fileobj=stream, mode="r|") as tf:
                 for member in tf:

@@ -12,7 +12,11 @@ written it through an overlay mount:
   entry up, a regular file with its content;
 * removing something that exists below leaves a whiteout (character device 0:0);
 * creating a directory where something below was removed makes it opaque
-  (``trusted.overlay.opaque=y``), so the lower directory's contents stay hidden.
+  (``trusted.overlay.opaque=y``; ``user.overlay.opaque=y`` in a user namespace, where overlayfs
+  is mounted with ``userxattr``), so the lower directory's contents stay hidden.
+
+In a user namespace (rootless builds) owners must be mapped IDs and device nodes cannot be
+created: :mod:`engine.userns.ownership` turns the first into a clear error and skips the second.
 
 Paths are the image's paths as relative slash paths (``""`` is ``/``); callers pass resolved
 paths (:meth:`Upper.resolve`), so every parent component is a real directory in ``out`` or
@@ -33,10 +37,12 @@ from engine.errors import InternalError
 from engine.fileops.errors import FileOpError, os_error
 from engine.fileops.tree import LayerTree, content_xattrs
 from engine.snapshot.layers import is_whiteout
+from engine.snapshot.overlay import opaque_xattr as _current_opaque_xattr
+from engine.userns import ownership
 
 __all__ = ["OPAQUE_XATTR", "Upper", "copy_content", "display"]
 
-OPAQUE_XATTR = "trusted.overlay.opaque"
+OPAQUE_XATTR = "trusted.overlay.opaque"  # as real root; see engine.snapshot.overlay.opaque_xattr
 _CHUNK = 1 << 20
 
 
@@ -95,12 +101,13 @@ class Upper:
     Args:
         out: the (empty) directory that becomes the new layer.
         lowers: the destination's layers, bottom first; None or empty for ``scratch``.
-        opaque_xattr: the opaque marker's name (``user.overlay.opaque`` for ``userxattr``
-            mounts in a user namespace).
+        opaque_xattr: the opaque marker's name; None (the default): the one overlayfs uses
+            where this process runs (``trusted.overlay.opaque`` as real root,
+            ``user.overlay.opaque`` in a user namespace), looked up when first needed.
     """
 
     def __init__(
-        self, out: Path, lowers: Sequence[Path] | None, *, opaque_xattr: str = OPAQUE_XATTR
+        self, out: Path, lowers: Sequence[Path] | None, *, opaque_xattr: str | None = None
     ) -> None:
         self.out = os.path.abspath(out)
         self.lower = LayerTree(lowers) if lowers else None
@@ -125,12 +132,12 @@ class Upper:
         (often ``0700``) must look like the image's root, or ``scratch``'s ``0755 root:root``.
         """
         if self.lower is None:
-            os.chown(self.out, 0, 0)
+            os.chown(self.out, 0, 0)  # root: mapped in every namespace
             os.chmod(self.out, 0o755)
             return
         st = self.lower.lstat("")
         assert st is not None
-        self._copy_meta(self.out, st, self.lower.xattrs(""))
+        self._copy_meta("", self.out, st, self.lower.xattrs(""))
         os.utime(self.out, ns=(st.st_atime_ns, st.st_mtime_ns))
 
     # -- reading the merged view ------------------------------------------------------
@@ -199,8 +206,12 @@ class Upper:
 
     # -- copy-up ----------------------------------------------------------------------
 
-    def _copy_meta(self, path: str, st: os.stat_result, xattrs: Mapping[str, bytes]) -> None:
-        os.chown(path, st.st_uid, st.st_gid, follow_symlinks=False)
+    def _copy_meta(
+        self, rel: str, path: str, st: os.stat_result, xattrs: Mapping[str, bytes]
+    ) -> None:
+        ownership.chown(
+            path, st.st_uid, st.st_gid, what=f"the image's {display(rel)} is owned by {{id}}"
+        )
         if not stat.S_ISLNK(st.st_mode):
             os.chmod(path, stat.S_IMODE(st.st_mode))
         self._set_xattrs(path, xattrs)
@@ -229,7 +240,7 @@ class Upper:
                 raise os_error("lstat", display(d), 2)
             assert self.lower is not None
             os.mkdir(self.host(d), 0o700)
-            self._copy_meta(self.host(d), lst, self.lower.xattrs(d))
+            self._copy_meta(d, self.host(d), lst, self.lower.xattrs(d))
             lowers.append(lst)
         for d, lst in zip(reversed(chain), lowers, strict=True):
             os.utime(self.host(d), ns=(lst.st_atime_ns, lst.st_mtime_ns))
@@ -257,9 +268,13 @@ class Upper:
                 os.close(src)
         elif stat.S_ISLNK(mode):
             os.symlink(os.readlink(real), path)
-        else:
-            os.mknod(path, mode, lst.st_rdev)
-        self._copy_meta(path, lst, self.lower.xattrs(rel))
+        elif not ownership.mknod(path, mode, lst.st_rdev):
+            # Only a layer unpacked as real root has devices; a user namespace cannot copy one.
+            raise FileOpError(
+                f"cannot change the device node {display(rel)}: a rootless build cannot "
+                "create device nodes"
+            )
+        self._copy_meta(rel, path, lst, self.lower.xattrs(rel))
         os.utime(path, ns=(lst.st_atime_ns, lst.st_mtime_ns), follow_symlinks=False)
         os.utime(anchor, ns=(anchor_st.st_atime_ns, anchor_st.st_mtime_ns))
 
@@ -321,6 +336,8 @@ class Upper:
         path, replaces = self._prepare_new(rel)
         os.mkdir(path, 0o700)
         if replaces:
+            if self._opaque_xattr is None:
+                self._opaque_xattr = _current_opaque_xattr()
             os.setxattr(path, self._opaque_xattr, b"y", follow_symlinks=False)
             self._opaque.add(rel)
         inherited = os.lstat(path).st_mode & stat.S_ISGID
@@ -344,7 +361,7 @@ class Upper:
             assert self.lower is not None
             self.copy_up_dir(_parent(rel))
             fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
-            self._copy_meta(path, lst, self.lower.xattrs(rel))
+            self._copy_meta(rel, path, lst, self.lower.xattrs(rel))
             return fd
         if not stat.S_ISREG(st.st_mode):
             raise FileOpError(f"open {display(rel)}: not a regular file")
@@ -355,10 +372,20 @@ class Upper:
         path, _ = self._prepare_new(rel)
         os.symlink(target, path)
 
-    def mknod(self, rel: str, mode: int, rdev: int) -> None:
-        """Create a device node or FIFO at ``rel``."""
+    def mknod(self, rel: str, mode: int, rdev: int) -> bool:
+        """Create a device node or FIFO at ``rel``.
+
+        Returns:
+            False when ``rel`` is a device and this is a user namespace, where devices cannot
+            be created: it is skipped (as rootless containerd and BuildKit do), and whatever
+            was at ``rel`` before is gone.
+        """
         path, _ = self._prepare_new(rel)
-        os.mknod(path, mode, rdev)
+        if ownership.mknod(path, mode, rdev):
+            return True
+        if self._lower(rel) is not None:
+            os.mknod(path, stat.S_IFCHR, os.makedev(0, 0))  # _prepare_new made room: keep it
+        return False
 
     def link(self, existing: str, rel: str) -> None:
         """Hard-link ``rel`` to the merged entry ``existing`` (copied up first if lower)."""
@@ -373,9 +400,19 @@ class Upper:
 
     # -- metadata ---------------------------------------------------------------------
 
-    def chown(self, rel: str, uid: int, gid: int) -> None:
-        """``lchown`` the merged entry ``rel``."""
-        os.chown(self.ensure_upper(rel), uid, gid, follow_symlinks=False)
+    def chown(self, rel: str, uid: int, gid: int, *, what: str | None = None) -> None:
+        """``lchown`` the merged entry ``rel``.
+
+        Args:
+            what: what needs the owner, for the error a user namespace that does not map it
+                gives (see :func:`engine.userns.ownership.chown`); default ``/rel needs {id}``.
+
+        Raises:
+            IdMappingError: this is a user namespace that does not map ``uid`` or ``gid``.
+        """
+        ownership.chown(
+            self.ensure_upper(rel), uid, gid, what=what or f"{display(rel)} needs {{id}}"
+        )
 
     def chmod(self, rel: str, mode: int) -> None:
         """``chmod`` the merged entry ``rel``; a symlink is left alone (there is no lchmod)."""

@@ -27,7 +27,10 @@ containerd's ``fs.RootPath`` does), symlinks met in a parent path are followed *
 target only, hardlink targets must already exist inside the layer, overlayfs xattrs in the tar
 are dropped (a tar must not be able to mark directories opaque or redirect them), and an
 existing entry is replaced without ever following a final symlink. The functions only touch the
-paths they are given, so they can later run inside a user-namespace helper for rootless builds.
+paths they are given, so they also run inside a user namespace (rootless builds). There, opaque
+directories carry ``user.overlay.opaque`` (overlayfs is mounted with ``userxattr``), device nodes
+are skipped as rootless containerd does (the kernel refuses them; whiteouts are allowed), and
+an owner the namespace does not map fails with an :class:`~engine.userns.IdMappingError`.
 """
 
 from __future__ import annotations
@@ -53,6 +56,8 @@ from engine.images.tarwriter import (
     entry_for,
     write_file_entry,
 )
+from engine.snapshot.overlay import opaque_xattr as _current_opaque_xattr
+from engine.userns import ownership
 
 __all__ = [
     "MEDIA_TYPE_LAYER_GZIP",
@@ -72,7 +77,7 @@ MEDIA_TYPE_LAYER_TAR = "application/vnd.oci.image.layer.v1.tar"
 MEDIA_TYPE_LAYER_GZIP = "application/vnd.oci.image.layer.v1.tar+gzip"
 WHITEOUT_PREFIX = ".wh."
 OPAQUE_MARKER = ".wh..wh..opq"
-OPAQUE_XATTR = "trusted.overlay.opaque"
+OPAQUE_XATTR = "trusted.overlay.opaque"  # as real root; see engine.snapshot.overlay.opaque_xattr
 
 _CHUNK = 1 << 20
 # gzip level 6 is zlib's default: a fair speed/size trade for layers
@@ -387,20 +392,39 @@ def _apply_xattrs(host: bytes, member: tarfile.TarInfo) -> None:
             raise
 
 
+class _Unpacking:
+    """What one unpack carries from entry to entry."""
+
+    def __init__(self, root: _Root, opaque_xattr: str | None) -> None:
+        self.root = root
+        self.dirs: list[tuple[bytes, int, int]] = []
+        self.skipped: set[bytes] = set()  # devices a user namespace could not create
+        self._opaque_xattr = opaque_xattr
+
+    @property
+    def opaque_xattr(self) -> str:
+        if self._opaque_xattr is None:
+            self._opaque_xattr = _current_opaque_xattr()
+        return self._opaque_xattr
+
+
 def unpack_layer(
-    tar_stream: BinaryIO, diff_dir: Path, *, opaque_xattr: str = OPAQUE_XATTR
+    tar_stream: BinaryIO, diff_dir: Path, *, opaque_xattr: str | None = None
 ) -> LayerInfo:
     """Unpack an uncompressed layer tar into ``diff_dir`` in overlayfs upper-dir format.
 
     ``.wh.<name>`` becomes a ``c 0 0`` whiteout, ``.wh..wh..opq`` sets ``opaque_xattr`` on its
-    directory (``user.overlay.opaque`` for ``userxattr`` mounts). Owners, modes, times, xattrs,
-    hardlinks, symlinks and device nodes are kept. Names are resolved inside ``diff_dir`` only
-    (see the module docstring); the tar's root entry (``./``) is ignored, as containerd does.
+    directory. Owners, modes, times, xattrs, hardlinks, symlinks and device nodes are kept
+    (devices, and hardlinks to them, are skipped in a user namespace). Names are resolved
+    inside ``diff_dir`` only (see the module docstring); the tar's root entry (``./``) is
+    ignored, as containerd does.
 
     Args:
         tar_stream: the uncompressed tar (see :func:`open_layer_stream`).
         diff_dir: the directory to fill (normally empty; created if missing).
-        opaque_xattr: the xattr that marks a directory opaque.
+        opaque_xattr: the xattr that marks a directory opaque; None (the default): the one
+            overlayfs uses where this process runs (``trusted.overlay.opaque`` as real root,
+            ``user.overlay.opaque`` in a user namespace, for ``userxattr`` mounts).
 
     Returns:
         The diff ID and size of the tar bytes read (the whole stream, padding included).
@@ -408,11 +432,13 @@ def unpack_layer(
     Raises:
         LayerError: the tar is malformed, has an invalid whiteout or a hardlink whose target is
             not in the layer, or writing failed.
+        IdMappingError: in a user namespace, an entry's owner is an ID it does not map.
     """
     diff_dir.mkdir(parents=True, exist_ok=True)
     root = _Root(os.fsencode(diff_dir.resolve()))
     reader = _HashingReader(tar_stream)
-    dirs: list[tuple[bytes, int, int]] = []
+    state = _Unpacking(root, opaque_xattr)
+    dirs = state.dirs
     try:
         with tarfile.open(
             fileobj=cast(BinaryIO, reader),
@@ -421,7 +447,7 @@ def unpack_layer(
             errors="surrogateescape",
         ) as tar:
             for member in tar:
-                _unpack_member(tar, member, root, dirs, opaque_xattr)
+                _unpack_member(tar, member, state)
             # tarfile ends the iteration quietly at a corrupt header; only zeros (the end
             # marker) or the end of the stream may follow the last entry
             stop = reader.block_at(tar.offset)
@@ -438,13 +464,8 @@ def unpack_layer(
     return LayerInfo(reader.digest, reader.size)
 
 
-def _unpack_member(
-    tar: tarfile.TarFile,
-    member: tarfile.TarInfo,
-    root: _Root,
-    dirs: list[tuple[bytes, int, int]],
-    opaque_xattr: str,
-) -> None:
+def _unpack_member(tar: tarfile.TarFile, member: tarfile.TarInfo, state: _Unpacking) -> None:
+    root = state.root
     parts = _clean(member.name)
     if not parts:
         return  # the root itself: its metadata is not the layer's to set
@@ -454,7 +475,7 @@ def _unpack_member(
     display = b"/".join(parts).decode(errors="replace")
 
     if base == OPAQUE_MARKER.encode():
-        os.setxattr(root.host(parent), opaque_xattr, b"y", follow_symlinks=False)
+        os.setxattr(root.host(parent), state.opaque_xattr, b"y", follow_symlinks=False)
         return
     if base.startswith(WHITEOUT_PREFIX.encode()):
         original = base[len(WHITEOUT_PREFIX) :]
@@ -500,6 +521,9 @@ def _unpack_member(
         try:
             target_st = os.lstat(target)
         except FileNotFoundError:
+            if target in state.skipped:
+                state.skipped.add(host)
+                return  # a link to a device a user namespace could not create
             raise LayerError(
                 f"hardlink {display} -> {member.linkname}: target is not in the layer"
             ) from None
@@ -509,19 +533,23 @@ def _unpack_member(
         return  # a hardlink shares its target's metadata; setting it again would be wrong
     elif member.ischr() or member.isblk():
         kind = stat.S_IFCHR if member.ischr() else stat.S_IFBLK
-        os.mknod(host, kind | 0o600, os.makedev(member.devmajor, member.devminor))
+        if not ownership.mknod(host, kind | 0o600, os.makedev(member.devmajor, member.devminor)):
+            state.skipped.add(host)
+            return  # in a user namespace (rootless containerd skips them too)
     elif member.isfifo():
         os.mkfifo(host, 0o600)
     else:
         return  # PAX global headers and unknown types carry no file
 
-    os.lchown(host, member.uid, member.gid)
+    ownership.chown(
+        host, member.uid, member.gid, what=f"the image layer has files owned by {{id}} ({display})"
+    )
     _apply_xattrs(host, member)
     if not member.issym():
         # after lchown, which clears set-id bits
         os.chmod(host, mode)  # host was just created here: never a symlink
     mtime_ns = int(member.mtime * 1_000_000_000)
     if member.isdir():
-        dirs.append((host, mtime_ns, mtime_ns))
+        state.dirs.append((host, mtime_ns, mtime_ns))
     else:
         os.utime(host, ns=(mtime_ns, mtime_ns), follow_symlinks=False)

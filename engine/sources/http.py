@@ -392,7 +392,15 @@ def fetch(source: HttpSource, dest_dir: Path | str, *, timeout: float = 60.0) ->
                 )
             os.chmod(tmp, source.mode)
             if source.uid or source.gid:
-                os.chown(tmp, source.uid, source.gid)
+                from engine.userns import ownership
+
+                ownership.chown(
+                    tmp,
+                    source.uid,
+                    source.gid,
+                    follow_symlinks=True,
+                    what=f"ADD --chown={source.uid}:{source.gid} needs {{id}} ({source.url})",
+                )
             mtime = last_modified.timestamp() if last_modified is not None else 0.0
             os.utime(tmp, (mtime, mtime))
             final = dest / filename
