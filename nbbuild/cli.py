@@ -75,6 +75,19 @@ def _parser() -> argparse.ArgumentParser:
     )
     p.set_defaults(run=_cmd_plan)
 
+    p = sub.add_parser(
+        "unshare",
+        help="run a command inside the user namespace rootless builds use",
+        description=(
+            "Run COMMAND (default: $SHELL) as root of the user namespace rootless builds run "
+            "in, like `podman unshare`: snapshot files belong to your subordinate IDs, which "
+            "only that namespace may read or remove (e.g. `nbbuild unshare rm -rf STORE`). "
+            "As real root it just runs COMMAND."
+        ),
+    )
+    p.add_argument("cmd", nargs=argparse.REMAINDER, metavar="COMMAND")
+    p.set_defaults(run=_cmd_unshare)
+
     from nbbuild import _cli_build, _cli_cache, _cli_doctor, _cli_image
 
     _cli_build.register(sub, _key_value)
@@ -82,6 +95,32 @@ def _parser() -> argparse.ArgumentParser:
     _cli_cache.register(sub)
     _cli_doctor.register(sub)
     return parser
+
+
+def _cmd_unshare(args: argparse.Namespace) -> int:
+    import os
+    import threading
+
+    from engine.errors import UsageError
+    from engine.userns.errors import UsernsUnavailable
+    from engine.userns.namespace import mode, userns_error
+
+    if mode() == "outside":  # _rootless could not enter one
+        raise UsernsUnavailable(f"cannot enter a user namespace: {userns_error()}")
+    if threading.active_count() > 1:
+        raise UsageError("nbbuild unshare replaces the process: run it from a shell")
+    cmd = args.cmd or [os.environ.get("SHELL") or "/bin/sh"]
+    import shutil
+
+    if shutil.which(cmd[0]) is None:
+        raise UsageError(f"cannot run {cmd[0]!r}: no such command")
+    sys.stdout.flush()
+    sys.stderr.flush()
+    try:
+        os.execvp(cmd[0], cmd)
+    except OSError as exc:
+        raise UsageError(f"cannot run {cmd[0]!r}: {exc.strerror}") from None
+    return 127  # not reached
 
 
 def _read_dockerfile(file: str | None, context: Path) -> tuple[str, str, Path | None]:

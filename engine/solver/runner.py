@@ -271,7 +271,8 @@ class OpRunner:
             command = " ".join(op.args)
             raise StepFailed(
                 name,
-                f'process "{command}" did not complete successfully: exit code: {result.exit_code}',
+                f'process "{command}" did not complete successfully: exit code: {result.exit_code}'
+                + _single_id_hint(tail),
                 line=vertex.meta.line,
                 exit_code=result.exit_code,
                 logs=tuple(tail),
@@ -338,3 +339,21 @@ def _premake_mountpoints(lowers: Sequence[Path], upper: Path) -> None:
         path = upper / name
         path.mkdir(mode=0o755)
         os.chmod(path, 0o755)
+
+
+def _single_id_hint(tail: Sequence[str]) -> str:
+    """In a rootless build that maps only the user's own ID, ``chown 1000 f`` or apt dropping
+    to ``_apt`` fails with a bare EINVAL ("Invalid argument"): say what is missing."""
+    from engine.userns.namespace import current
+
+    mapping = current()
+    if mapping is None or not mapping.single:
+        return ""
+    if not any("Invalid argument" in line or "Operation not permitted" in line for line in tail):
+        return ""
+    from engine.userns.errors import SETUP_HINT
+
+    return (
+        " (this rootless build maps only your own ID, so the step cannot use other users or "
+        f"groups: {SETUP_HINT})"
+    )

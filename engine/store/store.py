@@ -215,6 +215,17 @@ class Store:
 
     def new_diff_dir(self, lease: Lease) -> Path:
         """A fresh, empty directory under ``snapshots/tmp`` to write one diff into."""
+        if _outside_namespace():
+            # Snapshot files must belong to the build's user namespace: made out here as the
+            # user, their owners would be wrong (and chown refused): say why, not EPERM.
+            from engine.userns.errors import UsernsUnavailable
+            from engine.userns.forward import NO_USERNS_HINT
+            from engine.userns.namespace import userns_error
+
+            raise UsernsUnavailable(
+                f"cannot write snapshots outside a user namespace "
+                f"({userns_error() or 'none was entered'}); {NO_USERNS_HINT}"
+            )
         snapshot_id = new_id()
         try:
             with self.db.transaction() as conn:

@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 
 from engine.build import BuildRequest, OutputSpec
-from engine.errors import BuildCanceled, DockerfileError
+from engine.errors import BuildCanceled, DockerfileError, StepFailed
 from engine.events import ListReporter
 from engine.userns import UsernsUnavailable, current_mapping, enter, mode
 from engine.userns.helper import Helper, call
@@ -208,3 +208,26 @@ def _alive(pid: int) -> bool:
     except OSError:
         return False
     return state not in (b"Z", b"X")
+
+
+def test_steps_that_need_other_ids_say_what_is_missing_when_only_one_id_is_mapped(
+    helper: Helper, busybox_store: Path, tmp_path: Path
+) -> None:
+    """As root the helper maps root alone (like a user without a subordinate range); as a user
+    with a range, the same steps work."""
+    chown = BuildRequest(
+        dockerfile="FROM busybox\nRUN touch /f && chown 1000:1000 /f\n", context=tmp_path
+    )
+    user = BuildRequest(dockerfile="FROM busybox\nUSER 1000\nRUN id -u\n", context=tmp_path)
+    if helper.mapping.single:
+        with pytest.raises(StepFailed) as failed:
+            helper.call("engine.build:build", (chown,), {"root": busybox_store})
+        assert failed.value.exit_code == 1
+        assert "Invalid argument" in "\n".join(failed.value.logs)
+        assert "maps only your own ID" in str(failed.value) and "uidmap" in str(failed.value)
+        with pytest.raises(StepFailed, match=r"RUN id -u.*USER 1000 runs as uid 1000.*uidmap"):
+            helper.call("engine.build:build", (user,), {"root": busybox_store})
+    else:
+        for request in (chown, user):
+            result = helper.call("engine.build:build", (request,), {"root": busybox_store})
+            assert result.steps[-1].status == "executed"
