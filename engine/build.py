@@ -132,6 +132,9 @@ class BuildResult:
     # why each step that did not hit ran (step digest → one line, engine.explain), against the
     # previous build of the same name
     reasons: Mapping[str, str] = field(default_factory=dict)
+    # what runs RUN steps here, as BuildKit names its worker: "oci: crun" as root,
+    # "oci: runc, rootless (0→1001, 1-65536→100000-165535)" in a user namespace
+    worker: str = ""
 
     def step(self, name_prefix: str) -> StepResult:
         """The step whose name starts with ``name_prefix`` (``"[builder 4/6]"``)."""
@@ -351,6 +354,7 @@ def build(
                     tags=request.tags,
                     descriptor=descriptor,
                     reasons=reasons,
+                    worker=_worker(find_runtime),
                 )
         finally:
             hasher.close()
@@ -382,6 +386,20 @@ def _executor(find_runtime: Any) -> Any:
         return OciExecutor(find_runtime())
     except NbbuildError:
         return None
+
+
+def _worker(find_runtime: Any) -> str:
+    """The worker's description (which runtime, rootless or not): no process is started."""
+    from engine.userns.namespace import current
+
+    try:
+        runtime = find_runtime().name
+    except NbbuildError:
+        return "none (no container runtime)"
+    mapping = current()
+    if mapping is None:
+        return f"oci: {runtime}"
+    return f"oci: {runtime}, rootless ({mapping.describe()})"
 
 
 def _with_network(definition: Definition, network: str) -> Definition:

@@ -421,6 +421,9 @@ class BuildResult:
             meta.append("tags " + ", ".join(f"<code>{esc(t)}</code>" for t in self._tags))
         if self._image:
             meta.append(f"image {id_span(self._image)}")
+        worker = getattr(self._engine_result, "worker", "")
+        if worker:
+            meta.append(f"worker {esc(worker)}")
         if meta:
             parts.append(f'<div style="color:#555">{" · ".join(meta)}</div>')
         if self._error is not None:
