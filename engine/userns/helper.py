@@ -139,7 +139,9 @@ class Helper:
         mapping = mapping if mapping is not None else current_mapping()
         self.mapping = mapping
         parent, child = socket.socketpair()
-        env = dict(os.environ)
+        # The caller's import path, whatever put it there (a notebook's sys.path.insert, an
+        # editable install): the helper must import the same engine.
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in sys.path if p)}
         self._proc = subprocess.Popen(
             [
                 sys.executable,
