@@ -22,6 +22,12 @@ What is compared:
   inspect``'s re-marshalled view).
 * **steps that ran**: from ``--progress=plain`` (``#N [stage k/n] INSTR`` then ``#N CACHED`` or
   ``#N DONE``), compared by stage and instruction.
+
+Run as a normal user (``scripts/rootless-tests.sh``, after the root run filled the result cache),
+the BuildKit side only reads cached results (dockerd needs root; a missing result is an error,
+never a reason to start it) and nbbuild builds rootless. ``NBBUILD_TEST_MAPPING=single`` says the
+user has no subordinate ID range: a case whose BuildKit result needs other IDs than root
+(:func:`needs_other_ids`) must then fail with nbbuild's clear message (:func:`idmap_error_problem`).
 """
 
 from __future__ import annotations
@@ -58,9 +64,13 @@ DOCKER = "/usr/bin/docker"  # Debian's client matching the 20.10 daemon (the one
 DOCKER_HOST = f"unix://{STATE / 'docker.sock'}"
 BASE_IMAGE = "busybox"
 TAG_PREFIX = "nbbuild-diff/"
+# The oracle runs as root only (dockerd), so its client — the owner of BuildKit's local output — is root.
+ORACLE_CLIENT = (0, 0)
+# "" as root; "range" or "single" as the unprivileged user of scripts/rootless-tests.sh.
+MAPPING = os.environ.get("NBBUILD_TEST_MAPPING", "")
 
 # Bump when what is recorded for a case changes, so cached oracle results are recomputed.
-HARNESS_VERSION = 6
+HARNESS_VERSION = 7
 
 # Image config fields BuildKit 0.8's Dockerfile frontend sets (dockerfile2llb's Image type).
 # Not compared: Hostname, Domainname, Attach*, Tty, OpenStdin, StdinOnce, Image, NetworkDisabled,
@@ -315,7 +325,7 @@ def apply_edit(ctx: Path, edit: Mapping[str, Any]) -> None:
     elif op == "chmod":
         path.chmod(int(edit["mode"], 8))
     elif op == "chown":
-        os.lchown(path, int(edit["uid"]), int(edit["gid"]))
+        chown_as_user(path, int(edit["uid"]), int(edit["gid"]))
     elif op == "rename":
         path.rename(ctx / edit["to"])
     elif op == "remove":
@@ -332,6 +342,40 @@ def apply_edit(ctx: Path, edit: Mapping[str, Any]) -> None:
         os.setxattr(path, edit["name"], edit["value"].encode(), follow_symlinks=False)
     else:
         raise HarnessError(f"unknown edit op {op!r}")
+
+
+_CHOWN_IN_NAMESPACE = """
+import os, sys
+from engine.userns.idmap import current_mapping
+from engine.userns.namespace import enter
+enter(current_mapping())
+os.lchown(sys.argv[1], int(sys.argv[2]), int(sys.argv[3]))
+"""
+
+
+def chown_as_user(path: Path, uid: int, gid: int) -> None:
+    """``lchown`` with the IDs a build of this user sees (container IDs).
+
+    As root: plainly. As a normal user with a subordinate range: inside a user namespace with
+    the mapping nbbuild's builds get, so the file belongs to what the build sees as ``uid:gid``.
+    With only the user's own ID mapped (``NBBUILD_TEST_MAPPING=single``) no other owner can
+    exist: the file is chowned to the user itself (what the build sees as 0:0; the call still
+    changes the file's ctime).
+    """
+    if os.geteuid() == 0:
+        os.lchown(path, uid, gid)
+        return
+    from engine.userns.idmap import current_mapping
+
+    mapping = current_mapping()
+    if mapping.single:
+        if MAPPING != "single":
+            raise HarnessError(f"chown {path} to {uid}:{gid}: this user has no subordinate ID range")
+        os.lchown(path, os.getuid(), os.getgid())
+        return
+    if not (mapping.maps_uid(uid) and mapping.maps_gid(gid)):
+        raise HarnessError(f"chown {path} to {uid}:{gid}: outside this user's mapping {mapping.describe()}")
+    run([sys.executable, "-c", _CHOWN_IN_NAMESPACE, str(path), str(uid), str(gid)], cwd=REPO)
 
 
 # --------------------------------------------------------------------------------------------
@@ -481,6 +525,46 @@ def manifest_tar(path: Path) -> dict[str, dict[str, Any]]:
         groups.setdefault(target, [target]).append(rel)
     _add_link_groups(entries, groups)
     return dict(sorted(entries.items()))
+
+
+def _is_root_name(name: str) -> bool:
+    return name in ("", "0", "root")
+
+
+def needs_other_ids(tar: Mapping[str, Mapping[str, Any]], raw_config: Mapping[str, Any]) -> list[str]:
+    """Why BuildKit's build of a case needed user or group IDs other than root (empty: it did
+    not), which a rootless build with only the user's own ID mapped cannot have: files owned by
+    another uid/gid in its ``--output type=tar`` manifest, or a RUN of the image's history that
+    ran under a non-root ``USER``. (A ``USER`` in the config that no step ran as needs no ID at
+    build time: such an image builds, e.g. ``env_in_paths``.)"""
+    reasons = []
+    owners = sorted({(int(e["uid"]), int(e["gid"])) for e in tar.values()} - {(0, 0)})
+    if owners:
+        shown = ", ".join(f"{u}:{g}" for u, g in owners[:6])
+        reasons.append(f"files owned by {shown}{' ...' if len(owners) > 6 else ''}")
+    user = ""
+    for entry in raw_config.get("history") or []:
+        created_by = str(entry.get("created_by") or "")
+        if created_by.startswith("USER "):
+            user = created_by[len("USER "):].strip()
+        elif created_by.startswith("RUN "):
+            name, _, group = user.partition(":")
+            if not (_is_root_name(name) and _is_root_name(group)):
+                reasons.append(f"RUN as USER {user}: {created_by[:60]}")
+    return reasons
+
+
+# What every rootless error about unmapped IDs says (engine/userns/errors.py SETUP_HINT).
+IDMAP_ERROR_WORDS = ("subordinate ID range", "uidmap")
+
+
+def idmap_error_problem(failure: str) -> str | None:
+    """None when ``failure`` (a failed nbbuild command's message) is the clear rootless error
+    about unmapped IDs; else what is wrong with it."""
+    missing = [w for w in IDMAP_ERROR_WORDS if w not in failure]
+    if missing:
+        return f"the error does not say {missing}:\n{failure}"
+    return None
 
 
 def without_ownership(manifest: Mapping[str, Mapping[str, Any]]) -> dict[str, dict[str, Any]]:
@@ -709,6 +793,7 @@ def _write_json_atomic(path: Path, data: Any) -> None:
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".")
     with os.fdopen(fd, "w") as f:
         json.dump(data, f, indent=1, sort_keys=True)
+        os.fchmod(f.fileno(), 0o644)  # the runs as a normal user read the root run's results
     os.replace(tmp, path)
 
 
@@ -726,11 +811,15 @@ class Oracle:
         return {**os.environ, "DOCKER_HOST": DOCKER_HOST, "DOCKER_BUILDKIT": "1",
                 "BUILDKIT_PROGRESS": "plain"}
 
-    def ensure(self) -> None:
+    def ensure(self, why: str = "") -> None:
         if self.ready:
             return
         if os.geteuid() != 0:
-            raise HarnessError("the BuildKit oracle needs root (apt-get, dockerd)")
+            raise HarnessError(
+                f"{why or 'the BuildKit oracle is needed'}, but the oracle (dockerd, apt-get) needs "
+                f"root: run the differential suite as root first (`make test` does), which fills "
+                f"{RESULTS} (and {ROOTFS_TAR}) for the runs as a normal user"
+            )
         # A shared lock held for the session tells other sessions the daemon is in use.
         self._users = (STATE / "users.lock").open("a") if STATE.exists() else None
         was_running = run(["bash", str(SCRIPT), "status"], check=False).returncode == 0
@@ -795,7 +884,7 @@ class Oracle:
         cache = RESULTS / f"case-{case.name}-{case.key()}.json"
         if cache.exists():
             return dict(json.loads(cache.read_text()))
-        self.ensure()
+        self.ensure(f"BuildKit's result for case {case.name} is not cached ({cache})")
         with _locked(STATE / "build.lock"), tempfile.TemporaryDirectory(prefix="nbbuild-oracle.") as tmp:
             tmpd = Path(tmp)
             ctx = case.materialize(tmpd / "context")
@@ -821,25 +910,39 @@ class Oracle:
         _write_json_atomic(cache, result)
         return result
 
+    def _outputs(self, ctx: Path, tag: str, opts: BuildOpts, tarpath: Path) -> tuple[dict[str, Any], dict[str, Any]]:
+        """The tar manifest and image config (as written, with history) of the build just made (the tar export is a
+        fully cached rebuild: same options without --no-cache, so no step re-runs)."""
+        config = self.image_config(tag)
+        cached = BuildOpts(build_args=opts.build_args, target=opts.target, dockerfile=opts.dockerfile)
+        self.build(ctx, output=f"type=tar,dest={tarpath}", opts=cached)
+        return manifest_tar(tarpath), config
+
     def scenario_result(self, sc: Scenario) -> dict[str, Any]:
         """Build, edit, rebuild from an empty build cache; the steps of both builds; cached."""
         cache = RESULTS / f"scenario-{sc.name}-{sc.key()}.json"
         if cache.exists():
             return dict(json.loads(cache.read_text()))
-        self.ensure()
+        self.ensure(f"BuildKit's result for scenario {sc.name} is not cached ({cache})")
         with _locked(STATE / "build.lock"), tempfile.TemporaryDirectory(prefix="nbbuild-oracle.") as tmp:
             ctx = sc.materialize(Path(tmp) / "context")
             t0 = time.monotonic()
             # the daemon is private to these tests: an empty build cache costs nobody anything
             self.docker("builder", "prune", "-af")
             log1 = self.build(ctx, tag=sc.tag, opts=sc.first)
+            first = self._outputs(ctx, sc.tag, sc.first, Path(tmp) / "first.tar")
             sc.apply_edits(ctx)
             log2 = self.build(ctx, tag=sc.tag, opts=sc.second)
+            second = self._outputs(ctx, sc.tag, sc.second, Path(tmp) / "second.tar")
             result = {
                 "scenario": sc.name,
                 "key": sc.key(),
                 "first": [step_to_json(s) for s in parse_plain_progress(log1)],
                 "second": [step_to_json(s) for s in parse_plain_progress(log2)],
+                "first_tar": first[0],
+                "first_config": first[1],
+                "second_tar": second[0],
+                "second_config": second[1],
                 "seconds": round(time.monotonic() - t0, 3),
                 "log1": log1,
                 "log2": log2,
@@ -874,7 +977,7 @@ class NbbuildSide:
         if self.imported:
             return
         if not ROOTFS_TAR.exists():
-            raise HarnessError(f"{ROOTFS_TAR} is missing: run scripts/buildkit-oracle.sh")
+            raise HarnessError(f"{ROOTFS_TAR} is missing: run scripts/buildkit-oracle.sh (as root)")
         self.cli("image", "import", str(ROOTFS_TAR), BASE_IMAGE)
         self.imported = True
 

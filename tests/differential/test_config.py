@@ -28,19 +28,23 @@ def _why(case: Any) -> str:
 
 
 @pytest.mark.parametrize("case", CASES, ids=lambda c: c.name)
-def test_image_config(case: Any, buildkit_case: Any, nbbuild_case: Any) -> None:
-    expected = buildkit_case(case)["config"]
-    actual = nbbuild_case(case)["config"]
-    assert actual == expected, _why(case)
+def test_image_config(case: Any, buildkit_case: Any, nbbuild_result: Any) -> None:
+    result = nbbuild_result(case)
+    if result is None:
+        return  # single ID mapping: nbbuild refused the case clearly (asserted)
+    assert result["config"] == buildkit_case(case)["config"], _why(case)
 
 
 @pytest.mark.parametrize("case", CASES, ids=lambda c: c.name)
-def test_step_names(case: Any, buildkit_case: Any, nbbuild_case: Any) -> None:
+def test_step_names(case: Any, buildkit_case: Any, nbbuild_result: Any) -> None:
     """``[stage k/n] INSTRUCTION`` as BuildKit prints them (FROM lines excluded: BuildKit prints
     one FROM vertex for identical bases, named after the first stage, with the resolved
     reference, and 0.8 prints no digest)."""
+    result = nbbuild_result(case)
+    if result is None:
+        return  # single ID mapping: nbbuild refused the case clearly (asserted)
     expected = sorted(s["name"] for s in buildkit_case(case)["steps"] if not _is_from(s))
-    actual = sorted(s["name"] for s in nbbuild_case(case)["steps"] if not _is_from(s))
+    actual = sorted(s["name"] for s in result["steps"] if not _is_from(s))
     assert actual == expected, _why(case)
 
 

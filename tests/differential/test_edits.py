@@ -43,17 +43,23 @@ def test_buildkit_reruns_what_the_scenario_expects(sc: Any, buildkit_scenario: A
 
 
 @pytest.mark.parametrize("sc", SCENARIOS, ids=lambda s: s.name)
-def test_first_build_runs_every_step(sc: Any, buildkit_scenario: Any, nbbuild_scenario: Any) -> None:
+def test_first_build_runs_every_step(sc: Any, buildkit_scenario: Any, nbbuild_scenario_result: Any) -> None:
+    result = nbbuild_scenario_result(sc)
+    if result is None:
+        return  # single ID mapping: nbbuild refused the scenario clearly (asserted)
     expected = harness.ran(_steps(buildkit_scenario(sc), "first"))
-    assert harness.ran(_steps(nbbuild_scenario(sc), "first")) == expected, _why(sc)
+    assert harness.ran(_steps(result, "first")) == expected, _why(sc)
 
 
 @pytest.mark.parametrize("sc", SCENARIOS, ids=lambda s: s.name)
 def test_rebuild_after_edit_reruns_what_buildkit_reruns(
-    sc: Any, buildkit_scenario: Any, nbbuild_scenario: Any
+    sc: Any, buildkit_scenario: Any, nbbuild_scenario_result: Any
 ) -> None:
+    result = nbbuild_scenario_result(sc)
+    if result is None:
+        return  # single ID mapping: nbbuild refused the scenario clearly (asserted)
     expected = harness.ran(_steps(buildkit_scenario(sc), "second"))
-    actual = harness.ran(_steps(nbbuild_scenario(sc), "second"))
+    actual = harness.ran(_steps(result, "second"))
     assert actual == expected, _why(sc)
 
 
