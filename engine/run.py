@@ -144,6 +144,7 @@ def run_image(
     from engine.images.errors import ImageError
     from engine.images.store import ImageStore
     from engine.snapshot.overlay import OverlayMount
+    from engine.snapshot.snapshotter import run_step
 
     if network not in _NETWORKS:
         raise UsageError(f"invalid network {network!r}: use none, default or host")
@@ -184,12 +185,15 @@ def run_image(
         lowers = [store.diff_path(s) for s in found.layers]
         if not lowers:
             lowers = [store.new_diff_dir(lease)]  # scratch: an empty lower layer
-        result = executor.run(
+        # overlayfs, or a copy of the layers where it is refused (nothing of it is kept)
+        result = run_step(
+            executor,
             spec,
             OverlayMount(tuple(lowers), upper, work),
             stdout=sink(1),
             stderr=sink(2),
             cancel=cancel,
+            keep_diff=False,
         )
     return RunResult(
         exit_code=result.exit_code,

@@ -34,6 +34,7 @@ from engine.graph.ops import (
 from engine.graph.vertex import Vertex
 from engine.snapshot.layers import LayerView
 from engine.snapshot.overlay import OverlayMount
+from engine.snapshot.snapshotter import run_step
 from engine.store.store import Lease, Store
 from engine.store.trees import remove_later
 
@@ -235,7 +236,9 @@ class OpRunner:
             privileged=op.security == "insecure",
         )
         try:
-            result = executor.run(
+            # overlayfs, or a copy of the layers where it is refused (engine.snapshot.snapshotter)
+            result = run_step(
+                executor,
                 spec,
                 OverlayMount(tuple(lowers), upper, work),
                 stdout=stream(1),
