@@ -289,8 +289,27 @@ def _work(
     sock: socket.socket,
     lock: threading.Lock,
     outcome: list[Any],
+    done: int,
 ) -> None:
-    """Run one call; append ``("result", value)`` or ``("error", exception)`` to ``outcome``."""
+    """Run one call; append ``("result", value)`` or ``("error", exception)`` to ``outcome``,
+    then write to and close the pipe ``done``."""
+    try:
+        _call(target, args, kwargs, cwd, capture, sock, lock, outcome)
+    finally:
+        os.write(done, b"1")
+        os.close(done)
+
+
+def _call(
+    target: str,
+    args: tuple[Any, ...],
+    kwargs: dict[str, Any],
+    cwd: str,
+    capture: bool,
+    sock: socket.socket,
+    lock: threading.Lock,
+    outcome: list[Any],
+) -> None:
     saved = sys.stdout, sys.stderr
     try:
         os.chdir(cwd)
@@ -336,9 +355,13 @@ def _serve(sock: socket.socket) -> None:
         for name in flags["callbacks"]:
             kwargs[name] = _relay_callback(sock, lock, name)
         outcome: list[Any] = []
+        # The worker's end wakes the loop below (through a pipe it selects on with the
+        # socket): polling for it cost every call up to a poll interval.
+        done_r, done_w = os.pipe()
+
         worker = threading.Thread(
             target=_work,
-            args=(target, args, kwargs, cwd, flags["capture"], sock, lock, outcome),
+            args=(target, args, kwargs, cwd, flags["capture"], sock, lock, outcome, done_w),
             name=f"nbbuild-helper:{target}",
             daemon=True,
         )
@@ -346,18 +369,19 @@ def _serve(sock: socket.socket) -> None:
         # Read while the call runs: a cancel sets the event; the end of the stream (the caller
         # is gone) cancels too, and the helper exits once the call has cleaned up.
         gone = False
-        while worker.is_alive():
-            if not _readable(sock, 0.05):
-                continue
+        while True:
+            ready = select.select([sock.fileno(), done_r], [], [])[0]
+            if done_r in ready:
+                break  # a cancel still unread is skipped by the next turn
             incoming = _recv(sock)
             if incoming is None:
                 gone = True
                 cancel.set()
-                worker.join()
                 break
             if incoming[0] == "cancel":
                 cancel.set()
         worker.join()
+        os.close(done_r)
         if gone:
             return
         _send(sock, lock, outcome[0])
