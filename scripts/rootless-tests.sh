@@ -21,6 +21,10 @@ case $mode in
 esac
 [ "$(id -u)" = 0 ] || { echo "run as root: it creates the test users" >&2; exit 1; }
 command -v newuidmap >/dev/null || { echo "newuidmap missing: apt-get install uidmap" >&2; exit 1; }
+# One run per user at a time (a second one would recopy the checkout and clear the temp dirs
+# under the first).
+exec 9>"/run/lock/nbbuild-rootless-$user.lock"
+flock 9
 
 if ! id "$user" >/dev/null 2>&1; then
   useradd --create-home --shell /bin/bash "$user"
