@@ -17,15 +17,27 @@ BuildKit's builds run in dockerd, so its figure is dockerd's RSS growth and high
 
 Every run's step statuses are checked (a no-op must run nothing, a cold build must run every
 RUN), so a figure cannot come from a build that did something else.
+
+Rootless: the same nbbuild figures are taken again as an unprivileged user with a subordinate ID
+range (``nbbuild-bench``, made on first use like ``scripts/rootless-tests.sh`` makes its users:
+``useradd``, a free range in /etc/subuid and /etc/subgid, a copy of this checkout and a venv of
+its own from /usr/bin/python3), alternated in the same rounds (nbbuild as root, nbbuild
+rootless, BuildKit). Its CLI enters a user namespace in-process; its engine API runs in a warm
+process of that user (``bench/api_worker.py``), where ``build()`` is forwarded to the rootless
+helper process. BuildKit stays Docker's rootful daemon: both ratios divide by the same BuildKit
+runs. ``--no-rootless`` leaves these figures out; when the user cannot be set up (no
+``newuidmap``, no network for its venv) the table says so and the root figures stand alone.
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import hashlib
 import json
 import os
 import platform
+import pwd
 import re
 import shutil
 import statistics
@@ -61,15 +73,19 @@ class Figure:
     target: float | None  # ratio nbbuild/BuildKit to meet (≤), None = informative
     nb: list[Run] = field(default_factory=list)
     bk: list[Run] = field(default_factory=list)
+    rl: list[Run] = field(default_factory=list)  # nbbuild rootless (another user)
     note: str = ""
 
     def median(self, runs: list[Run]) -> float:
         return statistics.median(r.seconds for r in runs) if runs else float("nan")
 
+    def ratio_of(self, runs: list[Run]) -> float:
+        bk = self.median(self.bk)
+        return self.median(runs) / bk if runs and self.bk and bk else float("nan")
+
     @property
     def ratio(self) -> float:
-        bk = self.median(self.bk)
-        return self.median(self.nb) / bk if self.bk and bk else float("nan")
+        return self.ratio_of(self.nb)
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -77,11 +93,15 @@ class Figure:
             "title": self.title,
             "target": self.target,
             "nbbuild_s": [r.seconds for r in self.nb],
+            "nbbuild_rootless_s": [r.seconds for r in self.rl],
             "buildkit_s": [r.seconds for r in self.bk],
             "nbbuild_median_s": self.median(self.nb),
+            "nbbuild_rootless_median_s": self.median(self.rl) if self.rl else None,
             "buildkit_median_s": self.median(self.bk) if self.bk else None,
             "ratio": self.ratio if self.bk else None,
+            "ratio_rootless": self.ratio_of(self.rl) if self.bk and self.rl else None,
             "nbbuild_maxrss_kb": max((r.maxrss_kb for r in self.nb), default=0),
+            "nbbuild_rootless_maxrss_kb": max((r.maxrss_kb for r in self.rl), default=0),
             "note": self.note,
         }
 
@@ -94,11 +114,20 @@ def log(msg: str) -> None:
 # running things
 
 
-def run_child(argv: list[str], env: dict[str, str], cwd: Path | None = None) -> tuple[Run, str]:
-    """Run ``argv``; its wall time, its own max RSS (wait4) and its stderr+stdout."""
+def run_child(
+    argv: list[str],
+    env: dict[str, str],
+    cwd: Path | None = None,
+    *,
+    as_user: dict[str, Any] | None = None,
+) -> tuple[Run, str]:
+    """Run ``argv`` (as another user: ``as_user`` = Popen's user/group/extra_groups); its wall
+    time, its own max RSS (wait4) and its stderr+stdout."""
     with tempfile.TemporaryFile() as out:
         start = time.perf_counter()
-        proc = subprocess.Popen(argv, env=env, cwd=cwd, stdout=out, stderr=subprocess.STDOUT)
+        proc = subprocess.Popen(
+            argv, env=env, cwd=cwd, stdout=out, stderr=subprocess.STDOUT, **(as_user or {})
+        )
         _, status, usage = os.wait4(proc.pid, 0)
         elapsed = time.perf_counter() - start
         proc.returncode = os.waitstatus_to_exitcode(status)
@@ -107,6 +136,15 @@ def run_child(argv: list[str], env: dict[str, str], cwd: Path | None = None) -> 
     if proc.returncode != 0:
         raise RuntimeError(f"{' '.join(argv)} exited {proc.returncode}:\n{text[-3000:]}")
     return Run(elapsed, int(usage.ru_maxrss)), text
+
+
+def _ran_from_metadata(meta: Path) -> int:
+    """Steps executed, from nbbuild's --metadata-file (-1: unknown)."""
+    try:
+        steps = json.loads(meta.read_text())["nbbuild.steps"]
+    except (OSError, KeyError, ValueError):
+        return -1
+    return sum(1 for s in steps if s.get("step") is not None and s.get("status") == "executed")
 
 
 class Nbbuild:
@@ -133,16 +171,14 @@ class Nbbuild:
         argv += ["--metadata-file", str(self.meta)]
         if no_cache:
             argv.append("--no-cache")
+        self.meta.unlink(missing_ok=True)
         run, _ = run_child([*argv, str(context)], self.env)
-        run.ran = self._ran_from_metadata()
+        run.ran = _ran_from_metadata(self.meta)
         return run
 
-    def _ran_from_metadata(self) -> int:
-        try:
-            steps = json.loads(self.meta.read_text())["nbbuild.steps"]
-        except (OSError, KeyError, ValueError):
-            return -1
-        return sum(1 for s in steps if s.get("step") is not None and s.get("status") == "executed")
+    def python_start(self) -> Run:
+        run, _ = run_child([sys.executable, "-c", "pass"], self.env)
+        return run
 
     def api(self, context: Path, tag: str, *, no_cache: bool = False) -> Run:
         from engine.build import BuildRequest, build
@@ -159,6 +195,196 @@ class Nbbuild:
         elapsed = time.perf_counter() - start
         ran = sum(1 for s in result.steps if s.step is not None and s.status == "executed")
         return Run(elapsed, 0, ran)
+
+
+BENCH_USER = "nbbuild-bench"
+SUBID_COUNT = 65536
+_COPY_IGNORE = shutil.ignore_patterns(
+    ".venv", ".git", ".pytest_cache", ".mypy_cache", ".ruff_cache", "__pycache__", "*.egg-info"
+)
+
+
+class SetupError(Exception):
+    """The rootless figures cannot be taken (why)."""
+
+
+class BenchUser:
+    """The unprivileged user of the rootless figures: made on first use (``useradd``, a
+    subordinate ID range of its own), with a copy of this checkout and a venv of Debian's
+    python3 (root's venv may point into /root, which the user cannot read), refreshed every
+    run: the copy is this working tree, the venv is reinstalled when pyproject.toml changed."""
+
+    def __init__(self, name: str = BENCH_USER) -> None:
+        self.name = name
+
+    def setup(self) -> None:
+        for tool in ("newuidmap", "newgidmap"):
+            if shutil.which(tool) is None:
+                raise SetupError(f"{tool} is missing (apt-get install uidmap)")
+        python = shutil.which("python3", path="/usr/bin:/bin")
+        if python is None:
+            raise SetupError("/usr/bin/python3 is missing")
+        try:
+            pw = pwd.getpwnam(self.name)
+        except KeyError:
+            subprocess.run(
+                ["useradd", "--create-home", "--shell", "/bin/bash", self.name],
+                check=True,
+                stdout=subprocess.DEVNULL,
+            )
+            pw = pwd.getpwnam(self.name)
+        self.uid, self.gid, self.home = pw.pw_uid, pw.pw_gid, Path(pw.pw_dir)
+        self._ensure_range()
+        self.src = self.home / "nbbuild"
+        if self.src.exists():
+            shutil.rmtree(self.src)
+        shutil.copytree(REPO, self.src, ignore=_COPY_IGNORE, symlinks=True)
+        self.chown_tree(self.src)
+        venv = self.home / "venv-bench"
+        self.python = venv / "bin" / "python"
+        self.exe = venv / "bin" / "nbbuild"
+        stamp = venv / ".nbbuild-bench-stamp"
+        want = hashlib.sha256((REPO / "pyproject.toml").read_bytes()).hexdigest()
+        if not self.python.exists():
+            self.run([python, "-m", "venv", str(venv)])
+        try:
+            fresh = stamp.read_text() == want and self.exe.exists()
+        except OSError:
+            fresh = False
+        if not fresh:
+            log(f"installing nbbuild into {venv} (as {self.name}) …")
+            self.run([str(venv / "bin" / "pip"), "install", "-q", "-e", str(self.src)])
+            stamp.write_text(want)
+
+    def _ensure_range(self) -> None:
+        """A subordinate uid and gid range of the user's own (useradd usually made one; else
+        one that no other line uses, as scripts/rootless-tests.sh picks it)."""
+        files = (Path("/etc/subuid"), Path("/etc/subgid"))
+        lines = {f: (f.read_text().splitlines() if f.exists() else []) for f in files}
+        end = 100000
+        for f in files:
+            for line in lines[f]:
+                fields = line.split(":")
+                if len(fields) == 3 and fields[1].isdigit() and fields[2].isdigit():
+                    end = max(end, int(fields[1]) + int(fields[2]))
+        for f in files:
+            if not any(line.split(":")[0] in (self.name, str(self.uid)) for line in lines[f]):
+                with open(f, "a") as out:
+                    out.write(f"{self.name}:{end}:{SUBID_COUNT}\n")
+
+    @property
+    def popen(self) -> dict[str, Any]:
+        return {"user": self.uid, "group": self.gid, "extra_groups": []}
+
+    def env(self, **extra: str) -> dict[str, str]:
+        return {
+            "HOME": str(self.home),
+            "USER": self.name,
+            "LOGNAME": self.name,
+            "PATH": "/usr/local/bin:/usr/bin:/bin:/usr/sbin:/sbin",
+            "LANG": os.environ.get("LANG", "C.UTF-8"),
+            **extra,
+        }
+
+    def run(self, argv: list[str]) -> None:
+        proc = subprocess.run(
+            argv, env=self.env(), cwd=self.home, capture_output=True, text=True, **self.popen
+        )
+        if proc.returncode != 0:
+            raise SetupError(f"{' '.join(argv)} failed as {self.name}: {proc.stderr[-2000:]}")
+
+    def chown_tree(self, top: Path) -> None:
+        os.chown(top, self.uid, self.gid)
+        for parent, dirs, files in os.walk(top):
+            for name in dirs + files:
+                os.chown(os.path.join(parent, name), self.uid, self.gid, follow_symlinks=False)
+
+    def mkdir(self, path: Path) -> Path:
+        path.mkdir(mode=0o700, parents=True, exist_ok=True)
+        os.chown(path, self.uid, self.gid)
+        return path
+
+
+class RootlessNbbuild:
+    """nbbuild as the bench user: the CLI (it enters a user namespace in-process) and the
+    engine API in a warm process of the user (``build()`` forwarded to the rootless helper)."""
+
+    def __init__(self, user: BenchUser, work: Path) -> None:
+        self.user = user
+        self.dir = user.mkdir(work / "rootless")
+        self.root = self.dir / "store"
+        self.env = user.env(
+            NBBUILD_ROOT=str(self.root),
+            PYTHONPYCACHEPREFIX=str(user.mkdir(self.dir / "pycache")),
+            XDG_CACHE_HOME=str(user.mkdir(self.dir / "xdg-cache")),
+            # what a login session has; bundles and the runtime's state live there
+            XDG_RUNTIME_DIR=str(user.mkdir(self.dir / "run")),
+        )
+        self.exe = str(user.exe)
+        self.meta = self.dir / "metadata.json"
+        self._worker: subprocess.Popen[str] | None = None
+
+    def import_base(self, tar: Path) -> None:
+        run_child(
+            [self.exe, "image", "import", str(tar), "busybox:latest"],
+            self.env,
+            self.dir,
+            as_user=self.user.popen,
+        )
+
+    def cli(self, context: Path, tag: str, *, no_cache: bool = False) -> Run:
+        argv = [self.exe, "build", "--progress=quiet", "-t", tag, "--metadata-file", str(self.meta)]
+        if no_cache:
+            argv.append("--no-cache")
+        self.meta.unlink(missing_ok=True)
+        run, _ = run_child([*argv, str(context)], self.env, self.dir, as_user=self.user.popen)
+        run.ran = _ran_from_metadata(self.meta)
+        return run
+
+    def python_start(self) -> Run:
+        run, _ = run_child(
+            [str(self.user.python), "-c", "pass"], self.env, self.dir, as_user=self.user.popen
+        )
+        return run
+
+    def api(self, context: Path, tag: str, *, no_cache: bool = False) -> Run:
+        if self._worker is None:
+            self._worker = subprocess.Popen(
+                [str(self.user.python), str(self.user.src / "bench" / "api_worker.py")],
+                env=self.env,
+                cwd=self.dir,
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                text=True,
+                **self.user.popen,
+            )
+        assert self._worker.stdin is not None and self._worker.stdout is not None
+        request = {
+            "context": str(context),
+            "tag": tag,
+            "no_cache": no_cache,
+            "root": str(self.root),
+        }
+        self._worker.stdin.write(json.dumps(request) + "\n")
+        self._worker.stdin.flush()
+        line = self._worker.stdout.readline()
+        if not line:
+            raise RuntimeError(f"the rootless API worker exited ({self._worker.wait()})")
+        reply = json.loads(line)
+        if "error" in reply:
+            raise RuntimeError(f"rootless API build failed: {reply['error']}")
+        return Run(float(reply["seconds"]), 0, int(reply["ran"]))
+
+    def close(self) -> None:
+        if self._worker is not None:
+            assert self._worker.stdin is not None
+            self._worker.stdin.close()
+            try:
+                self._worker.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                self._worker.kill()
+                self._worker.wait()
+            self._worker = None
 
 
 class BuildKit:
@@ -239,37 +465,48 @@ def alternate(
     nb: Callable[[], Run],
     bk: Callable[[], Run] | None,
     *,
+    rl: Callable[[], Run] | None = None,
     before: Callable[[int], None] | None = None,
     expect_ran: Callable[[int], bool] | None = None,
 ) -> Figure:
-    """Warm-up once each, then ``n`` rounds of nb, bk (``before(i)`` ahead of each round)."""
+    """Warm-up once each, then ``n`` rounds of nb, rl (rootless, when given), bk
+    (``before(i)`` ahead of each round)."""
     for i in range(-1, n):
         if before:
             before(i)
         a = nb()
+        c = rl() if rl else None
         b = bk() if bk else None
         if i >= 0:
             fig.nb.append(a)
+            if c:
+                fig.rl.append(c)
             if b:
                 fig.bk.append(b)
-        for who, r in (("nbbuild", a), ("buildkit", b)):
-            if r is not None and expect_ran and r.ran >= 0 and not expect_ran(r.ran):
-                raise RuntimeError(f"{fig.fid} {who}: {r.ran} steps ran, not what was expected")
+        for who, r in (("nbbuild", a), ("nbbuild rootless", c), ("buildkit", b)):
+            if r is not None and expect_ran and (r.ran < 0 or not expect_ran(r.ran)):
+                raise RuntimeError(
+                    f"{fig.fid} {who}: {'unknown' if r.ran < 0 else r.ran} steps ran, "
+                    "not what was expected"
+                )
         log(
             f"  {fig.fid} {'warm-up' if i < 0 else f'run {i + 1}'}: nbbuild {a.seconds:.3f}s"
             + (f" ({a.ran} ran)" if a.ran >= 0 else "")
+            + (f", rootless {c.seconds:.3f}s ({c.ran} ran)" if c else "")
             + (f", buildkit {b.seconds:.3f}s ({b.ran} ran)" if b else "")
         )
     return fig
 
 
-def interpreter_start(n: int, env: dict[str, str]) -> Figure:
+def interpreter_start(n: int, nb: Nbbuild, rl: RootlessNbbuild | None) -> Figure:
     fig = Figure("P1-py", "python -c pass (the interpreter's own start-up)", None)
-    exe = sys.executable
     for i in range(-1, n):
-        run, _ = run_child([exe, "-c", "pass"], env)
+        a = nb.python_start()
+        c = rl.python_start() if rl else None
         if i >= 0:
-            fig.nb.append(run)
+            fig.nb.append(a)
+            if c:
+                fig.rl.append(c)
     fig.note = "interpreter start-up alone, included in every nbbuild CLI figure"
     return fig
 
@@ -345,6 +582,11 @@ def main() -> int:
         help="state directory of the private BuildKit daemon",
     )
     parser.add_argument("--keep", action="store_true", help="keep the work directory")
+    parser.add_argument(
+        "--no-rootless",
+        action="store_true",
+        help=f"leave out the rootless figures (nbbuild as the user {BENCH_USER})",
+    )
     args = parser.parse_args()
     only = {s.strip() for s in args.only.split(",") if s.strip()} or {"P1", "P2", "P3", "P4"}
 
@@ -352,14 +594,27 @@ def main() -> int:
         raise SystemExit("bench needs root (containers, dockerd)")
     work = Path(args.work) if args.work else Path(tempfile.mkdtemp(prefix="nbbuild-bench-"))
     work.mkdir(parents=True, exist_ok=True)
+    work.chmod(0o755)  # the bench user reads the scenarios
     # the engine API runs in this process: import it from the repository
     sys.path.insert(0, str(REPO))
+
+    rootless_note = "left out (--no-rootless)" if args.no_rootless else ""
+    user: BenchUser | None = None
+    if not args.no_rootless:
+        try:
+            user = BenchUser()
+            user.setup()
+        except (SetupError, OSError, subprocess.CalledProcessError) as exc:
+            rootless_note = f"not taken: the bench user could not be set up ({exc})"
+            log(f"rootless figures {rootless_note}")
+            user = None
 
     bk = BuildKit(work, Path(args.oracle_state))
     log(f"starting BuildKit (private daemon, state {bk.state}) …")
     bk.start()
     bk.prune()
     nb = Nbbuild(work)
+    rl = RootlessNbbuild(user, work) if user is not None else None
     figures: list[Figure] = []
     mem: dict[str, Any] = {}
     try:
@@ -371,16 +626,29 @@ def main() -> int:
             check=True,
             stdout=subprocess.DEVNULL,
         )
-        # the same busybox bits on both sides
+        # the same busybox bits on all sides
         shutil.rmtree(nb.root, ignore_errors=True)
         nb.import_base(bk.tar)
+        if rl is not None:
+            tar = work / "busybox-rootfs.tar"  # where the bench user can read it
+            shutil.copyfile(bk.tar, tar)
+            tar.chmod(0o644)
+            rl.import_base(tar)
         mem["dockerd_start"] = bk.daemon_mem_kb()
         n = args.n
         dep = sc / "depfirst"
 
+        def rl_cli(context: Path, tag: str, **kw: Any) -> Callable[[], Run] | None:
+            return (lambda: rl.cli(context, tag, **kw)) if rl is not None else None
+
+        def rl_api(context: Path, tag: str) -> Callable[[], Run] | None:
+            return (lambda: rl.api(context, tag)) if rl is not None else None
+
         if "P1" in only:
             log("P1: no-op rebuild of depfirst")
             nb.cli(dep, "bench-dep")  # first builds (not measured)
+            if rl is not None:
+                rl.cli(dep, "bench-dep")
             bk.cli(dep, "bench-dep")
             noop = lambda r: r == 0  # noqa: E731
             figures.append(
@@ -389,16 +657,18 @@ def main() -> int:
                     n,
                     lambda: nb.cli(dep, "bench-dep"),
                     lambda: bk.cli(dep, "bench-dep"),
+                    rl=rl_cli(dep, "bench-dep"),
                     expect_ran=noop,
                 )
             )
-            figures.append(interpreter_start(n, nb.env))
+            figures.append(interpreter_start(n, nb, rl))
             figures.append(
                 alternate(
                     Figure("P1-api", "depfirst no-op rebuild, engine API in a warm process", 0.125),
                     n,
                     lambda: nb.api(dep, "bench-dep"),
                     lambda: bk.cli(dep, "bench-dep"),
+                    rl=rl_api(dep, "bench-dep"),
                     expect_ran=noop,
                 )
             )
@@ -406,6 +676,8 @@ def main() -> int:
         if "P2" in only:
             log("P2: rebuild after an edit")
             nb.cli(dep, "bench-dep")
+            if rl is not None:
+                rl.cli(dep, "bench-dep")
             bk.cli(dep, "bench-dep")
             figures.append(
                 alternate(
@@ -413,6 +685,7 @@ def main() -> int:
                     n,
                     lambda: nb.cli(dep, "bench-dep"),
                     lambda: bk.cli(dep, "bench-dep"),
+                    rl=rl_cli(dep, "bench-dep"),
                     before=edit_file(dep / "src" / "f007.txt", "src"),
                     expect_ran=lambda r: r == 3,  # COPY . ., RUN, COPY --from
                 )
@@ -423,6 +696,7 @@ def main() -> int:
                     n,
                     lambda: nb.cli(dep, "bench-dep"),
                     lambda: bk.cli(dep, "bench-dep"),
+                    rl=rl_cli(dep, "bench-dep"),
                     before=edit_file(dep / "deps.txt", "manifest"),
                     expect_ran=lambda r: r == 5,  # COPY deps, RUN, COPY ., RUN, COPY --from
                 )
@@ -437,6 +711,7 @@ def main() -> int:
                     n,
                     lambda: nb.cli(steps, "bench-steps", no_cache=True),
                     lambda: bk.cli(steps, "bench-steps", no_cache=True),
+                    rl=rl_cli(steps, "bench-steps", no_cache=True),
                     expect_ran=lambda r: r == 30,
                 )
             )
@@ -450,6 +725,7 @@ def main() -> int:
                 n,
                 lambda: nb.cli(big, "bench-big", no_cache=True),
                 lambda: bk.cli(big, "bench-big", no_cache=True),
+                rl=rl_cli(big, "bench-big", no_cache=True),
                 expect_ran=lambda r: r == 2,
             )
             figures.append(first)
@@ -459,6 +735,7 @@ def main() -> int:
                 n,
                 lambda: nb.cli(big, "bench-big"),
                 lambda: bk.cli(big, "bench-big"),
+                rl=rl_cli(big, "bench-big"),
                 expect_ran=lambda r: r == 0,
             )
             figures.append(noop_cli)
@@ -470,21 +747,33 @@ def main() -> int:
                     n,
                     lambda: nb.api(big, "bench-big"),
                     lambda: bk.cli(big, "bench-big"),
+                    rl=rl_api(big, "bench-big"),
                     expect_ran=lambda r: r == 0,
                 )
             )
             mem["dockerd_after_bigctx"] = bk.daemon_mem_kb()
             mem["nbbuild_cli_maxrss_kb_bigctx_first"] = max(r.maxrss_kb for r in first.nb)
             mem["nbbuild_cli_maxrss_kb_bigctx_noop"] = max(r.maxrss_kb for r in noop_cli.nb)
+            if first.rl:
+                mem["rootless_cli_maxrss_kb_bigctx_first"] = max(r.maxrss_kb for r in first.rl)
+                mem["rootless_cli_maxrss_kb_bigctx_noop"] = max(r.maxrss_kb for r in noop_cli.rl)
             mem["docker_client_maxrss_kb_bigctx"] = max(r.maxrss_kb for r in first.bk)
         info = machine_info_safe(bk.env)
+        if user is not None:
+            info["rootless"] = (
+                f"user {user.name} (uid {user.uid}, subordinate range from /etc/subuid), "
+                f"{_python_version(user.python)}"
+            )
     finally:
+        if rl is not None:
+            rl.close()
         with contextlib.suppress(subprocess.CalledProcessError, OSError):
             bk.prune()
         bk.stop()
         if not args.keep and not args.work:
             shutil.rmtree(work, ignore_errors=True)
 
+    info["rootless_note"] = rootless_note
     table = markdown(figures, mem, info, n=args.n)
     print(table)
     if args.markdown:
@@ -505,6 +794,11 @@ def main() -> int:
     return 0
 
 
+def _python_version(python: Path) -> str:
+    out = subprocess.run([str(python), "--version"], capture_output=True, text=True)
+    return out.stdout.strip() or out.stderr.strip()
+
+
 def machine_info_safe(env: dict[str, str]) -> dict[str, str]:
     try:
         return machine(env)
@@ -516,40 +810,83 @@ def _fmt_s(x: float) -> str:
     return f"{x * 1000:.0f} ms" if x < 10 else f"{x:.1f} s"
 
 
+def _met(ratio: float, target: float | None) -> str:
+    if target is None or ratio != ratio:  # nan: not measured
+        return ""
+    return "yes" if ratio <= target else "**no**"
+
+
 def markdown(figures: list[Figure], mem: dict[str, Any], info: dict[str, str], *, n: int) -> str:
+    rootless = any(f.rl for f in figures)
     lines = [
         f"Machine: {info.get('cpu', '?')}, {info.get('cores', '?')} cores, {info.get('memory', '?')}, "
         f"{info.get('os', '?')}, kernel {info.get('kernel', '?')}, Python {info.get('python', '?')}, "
-        f"Docker {info.get('docker', '?')} (embedded BuildKit); load average at the end "
-        f"{info.get('load', '?')}.",
-        f"Medians of {n} runs per builder after one warm-up each, alternated A/B.",
-        "",
-        "| figure | nbbuild | BuildKit | ratio | target | met |",
-        "|---|---:|---:|---:|---:|:-:|",
+        f"Docker {info.get('docker', '?')} (embedded BuildKit, rootful dockerd); load average at "
+        f"the end {info.get('load', '?')}.",
+        f"Medians of {n} runs per builder after one warm-up each, alternated "
+        + ("(nbbuild as root, nbbuild rootless, BuildKit)." if rootless else "A/B."),
     ]
+    if rootless:
+        lines.append(
+            f"Rootless: nbbuild as {info.get('rootless', 'an unprivileged user')}; BuildKit "
+            "stays Docker's rootful daemon, so both ratios divide by the same BuildKit runs."
+        )
+    elif info.get("rootless_note"):
+        lines.append(f"Rootless figures {info['rootless_note']}.")
+    lines.append("")
+    if rootless:
+        lines += [
+            "| figure | nbbuild root | nbbuild rootless | BuildKit | ratio root | ratio rootless "
+            "| target | met root / rootless |",
+            "|---|---:|---:|---:|---:|---:|---:|:-:|",
+        ]
+    else:
+        lines += [
+            "| figure | nbbuild | BuildKit | ratio | target | met |",
+            "|---|---:|---:|---:|---:|:-:|",
+        ]
     for f in figures:
-        nbm = f.median(f.nb)
+        nbm = _fmt_s(f.median(f.nb))
+        rlm = _fmt_s(f.median(f.rl)) if f.rl else ""
         if f.bk:
-            bkm = f.median(f.bk)
-            ratio = f.ratio
-            met = "yes" if f.target is not None and ratio <= f.target else "**no**"
-            lines.append(
-                f"| {f.fid}: {f.title} | {_fmt_s(nbm)} | {_fmt_s(bkm)} | {ratio:.2f} | "
-                f"≤ {f.target} | {met} |"
-            )
+            bkm = _fmt_s(f.median(f.bk))
+            ratio, ratio_rl = f.ratio, f.ratio_of(f.rl)
+            if rootless:
+                met = f"{_met(ratio, f.target)} / {_met(ratio_rl, f.target) or '-'}"
+                lines.append(
+                    f"| {f.fid}: {f.title} | {nbm} | {rlm} | {bkm} | {ratio:.2f} | "
+                    f"{ratio_rl:.2f} | ≤ {f.target} | {met} |"
+                )
+            else:
+                lines.append(
+                    f"| {f.fid}: {f.title} | {nbm} | {bkm} | {ratio:.2f} | ≤ {f.target} | "
+                    f"{_met(ratio, f.target)} |"
+                )
+        elif rootless:
+            lines.append(f"| {f.fid}: {f.title} | {nbm} | {rlm} | | | | | |")
         else:
-            lines.append(f"| {f.fid}: {f.title} | {_fmt_s(nbm)} | | | | |")
+            lines.append(f"| {f.fid}: {f.title} | {nbm} | | | | |")
     if "nbbuild_cli_maxrss_kb_bigctx_first" in mem:
         rss = mem["nbbuild_cli_maxrss_kb_bigctx_first"] / 1024
         noop = mem["nbbuild_cli_maxrss_kb_bigctx_noop"] / 1024
         before = mem.get("dockerd_before_bigctx", {})
         after = mem.get("dockerd_after_bigctx", {})
         client = mem.get("docker_client_maxrss_kb_bigctx", 0) / 1024
-        met = "yes" if rss < 100 else "**no**"
-        lines.append(
-            f"| P4-mem: bigctx CLI peak memory (max RSS, first build / no-op) | "
-            f"{rss:.0f} MB / {noop:.0f} MB | see below | | < 100 MB | {met} |"
-        )
+        cell = f"{rss:.0f} MB / {noop:.0f} MB"
+        if rootless:
+            rl_rss = mem.get("rootless_cli_maxrss_kb_bigctx_first", 0) / 1024
+            rl_noop = mem.get("rootless_cli_maxrss_kb_bigctx_noop", 0) / 1024
+            met = f"{'yes' if rss < 100 else '**no**'} / {'yes' if rl_rss < 100 else '**no**'}"
+            lines.append(
+                f"| P4-mem: bigctx CLI peak memory (max RSS, first build / no-op) | {cell} | "
+                f"{rl_rss:.0f} MB / {rl_noop:.0f} MB | see below | | | < 100 MB | {met} |"
+            )
+        else:
+            met = "yes" if rss < 100 else "**no**"
+            lines.append(
+                f"| P4-mem: bigctx CLI peak memory (max RSS, first build / no-op) | {cell} | "
+                f"see below | | < 100 MB | {met} |"
+            )
         lines += [
             "",
             "BuildKit's memory is dockerd's (BuildKit is embedded in it, the builds run there): "
