@@ -133,7 +133,8 @@ class BuildResult:
     # previous build of the same name
     reasons: Mapping[str, str] = field(default_factory=dict)
     # what runs RUN steps here, as BuildKit names its worker: "oci: crun" as root,
-    # "oci: runc, rootless (0→1001, 1-65536→100000-165535)" in a user namespace
+    # "oci: runc, rootless (0→1001, 1-65536→100000-165535)" in a user namespace; RUN steps
+    # that ran over copies add ", snapshotter: native (copy; overlayfs refused here)"
     worker: str = ""
 
     def step(self, name_prefix: str) -> StepResult:
@@ -354,7 +355,7 @@ def build(
                     tags=request.tags,
                     descriptor=descriptor,
                     reasons=reasons,
-                    worker=_worker(find_runtime),
+                    worker=_worker(find_runtime, store.tmp_dir),
                 )
         finally:
             hasher.close()
@@ -388,18 +389,22 @@ def _executor(find_runtime: Any) -> Any:
         return None
 
 
-def _worker(find_runtime: Any) -> str:
-    """The worker's description (which runtime, rootless or not): no process is started."""
+def _worker(find_runtime: Any, snapshots: Path | None = None) -> str:
+    """The worker's description (which runtime, rootless or not, and the copy snapshotter when
+    RUN steps on ``snapshots``' filesystem use it): no process is started."""
+    from engine.snapshot.snapshotter import chosen
     from engine.userns.namespace import current
 
     try:
         runtime = find_runtime().name
     except NbbuildError:
         return "none (no container runtime)"
+    choice = chosen(snapshots) if snapshots is not None else None
+    note = choice.note() if choice is not None else ""
     mapping = current()
     if mapping is None:
-        return f"oci: {runtime}"
-    return f"oci: {runtime}, rootless ({mapping.describe()})"
+        return f"oci: {runtime}{note}"
+    return f"oci: {runtime}, rootless ({mapping.describe()}){note}"
 
 
 def _with_network(definition: Definition, network: str) -> Definition:

@@ -14,7 +14,8 @@ needs fixing:
   tried for real the way a build enters its namespace;
 - **overlayfs**: whether an overlay can be mounted over directories on the store's filesystem
   (tried for real, in a private mount namespace that vanishes with the probe; for a normal
-  user in a user namespace, with ``userxattr``, as rootless builds mount it);
+  user in a user namespace, with ``userxattr``, as rootless builds mount it); where it cannot,
+  RUN steps run over copies of the layers (:mod:`engine.snapshot.snapshotter`): a warning;
 - **runtimes**: crun, runc and bwrap with their versions, and which one RUN uses;
 - **sandbox**: which executor and runtime a build uses here (root: crun or runc; rootless:
   runc in a user namespace), or why RUN steps are refused;
@@ -101,6 +102,11 @@ enter(current_mapping())
 with open("/proc/self/uid_map") as f:
     print(f.read())
 """
+# What RUN steps do where overlayfs is refused (engine.snapshot.snapshotter chooses it).
+_COPY_SNAPSHOTTER = (
+    "run over a copy of the image layers instead (the copy snapshotter, chosen automatically: "
+    "slower, and more space while a step runs)"
+)
 _OVERLAY_SCRIPT = 'mount -t overlay overlay -o "$1" "$2" && touch "$2/probe" && umount "$2"'
 
 
@@ -618,9 +624,9 @@ def _overlay(root: Path, proc: Path, euid: int, mode: _Mode, userns_ok: bool) ->
     if "overlay" not in filesystems.split():
         return Finding(
             "overlayfs",
-            "fail",
+            "warn",
             "not in /proc/filesystems",
-            "RUN steps mount the image layers with overlayfs",
+            f"RUN steps {_COPY_SNAPSHOTTER}",
             "modprobe overlay (or use a kernel with CONFIG_OVERLAY_FS)",
         )
     rootless = mode != "root"
@@ -628,9 +634,9 @@ def _overlay(root: Path, proc: Path, euid: int, mode: _Mode, userns_ok: bool) ->
     if rootless and version and version < _ROOTLESS_OVERLAY_KERNEL:
         return Finding(
             "overlayfs",
-            "fail",
+            "warn",
             f"Linux {release}: overlayfs in a user namespace needs 5.11+",
-            "rootless RUN steps cannot stack the image layers",
+            f"rootless RUN steps {_COPY_SNAPSHOTTER}",
             "use Linux 5.11 or later (or build as root)",
         )
     if mode == "outside" and not userns_ok:
@@ -680,10 +686,11 @@ def _overlay(root: Path, proc: Path, euid: int, mode: _Mode, userns_ok: bool) ->
         )
     return Finding(
         "overlayfs",
-        "fail",
+        "warn",
         f"cannot mount over {base}{fs}" + (f" ({detail})" if detail else ""),
         "RUN steps cannot stack the layers of the store's filesystem"
-        + (" (rootless: overlayfs with userxattr in a user namespace)" if rootless else ""),
+        + (" (rootless: overlayfs with userxattr in a user namespace)" if rootless else "")
+        + f", so they {_COPY_SNAPSHOTTER}",
         "set NBBUILD_ROOT to a directory on ext4, xfs (ftype=1), btrfs or tmpfs",
     )
 

@@ -19,6 +19,10 @@ refused. A step on it:
    snapshotter made it.
 4. The copy is removed (in the background: nothing reads it any more).
 
+One difference with overlayfs remains, and it is overlayfs's: changing one name of a file that
+has several in a lower layer copies that name up and splits it from the others (overlayfs runs
+with ``index=off``); on the copy, as on any filesystem, every name sees the change.
+
 What counts as changed
 ----------------------
 containerd's double-walk differ (continuity ``fs.Changes``/``sameFile``) compares type, mode,
@@ -383,8 +387,7 @@ def write_diff(copy: Copy, upper: Path, lowers: Sequence[Path]) -> None:
         if kind == "keep" and st.st_ino not in written:
             continue
         if kind in ("new", "keep"):
-            if out.lstat(rel) is not None:
-                out.remove(rel)
+            _clear(out, rel)
             _write(copy, out, rel, st, links)
             continue
         host = out.host(rel)
@@ -394,6 +397,21 @@ def write_diff(copy: Copy, upper: Path, lowers: Sequence[Path]) -> None:
         if present is None:
             out.ensure_upper(rel)
         _put_meta(host, st, _xattrs(copy.host(rel)), rel)
+
+
+def _clear(out: Upper, rel: str) -> None:
+    """Make room at ``rel`` for a new entry: what the upper dir has there goes; a lower entry
+    needs no whiteout (the new one hides it, and a new directory over one is made opaque)."""
+    from engine.store.trees import remove_tree
+
+    host = out.host(rel)
+    st = _lstat(host)
+    if st is None:
+        return
+    if stat.S_ISDIR(st.st_mode):
+        remove_tree(Path(host))
+    else:
+        os.unlink(host)
 
 
 def _write(copy: Copy, out: Upper, rel: str, st: os.stat_result, links: dict[int, str]) -> None:

@@ -155,8 +155,8 @@ def probe_overlay(scratch: Path) -> str:
         )
         if done.returncode == 0 and (dirs["upper"] / "probe").exists():
             return ""
-        lines = done.stderr.strip().splitlines()
-        return lines[-1] if lines else f"mount exited with {done.returncode}"
+        lines = [line.strip() for line in done.stderr.splitlines() if line.strip()]
+        return lines[0] if lines else f"mount exited with {done.returncode}"
     except (OSError, SnapshotError, subprocess.SubprocessError) as exc:
         return str(exc)
     finally:

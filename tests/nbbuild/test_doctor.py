@@ -224,7 +224,8 @@ def test_a_locked_down_host_says_why_and_how_to_fix(tmp_path: Path) -> None:
     ):
         assert fix in userns.fix
     overlay = report["overlayfs"]
-    assert overlay.status == "fail" and "modprobe overlay" in overlay.fix
+    assert overlay.status == "warn" and "modprobe overlay" in overlay.fix
+    assert "copy snapshotter" in overlay.meaning  # RUN steps still run, over copies
     sandbox = report["sandbox"]
     assert sandbox.status == "fail" and sandbox.found.startswith("refused: no user namespace")
     assert report["cgroups"].found == "not mounted"
@@ -432,7 +433,8 @@ def test_rootless_overlayfs_needs_linux_5_11(tmp_path: Path) -> None:
     proc = _fake_proc(tmp_path, store=store, sys__kernel__osrelease="5.10.0-28-amd64\n")
     etc = _fake_etc(tmp_path, f"{uid}:100000:65536\n")
     overlay = probe(store, proc=proc, etc=etc, euid=uid)["overlayfs"]
-    assert overlay.status == "fail"
+    assert overlay.status == "warn"  # rootless RUN steps copy the layers instead
+    assert "copy snapshotter" in overlay.meaning
     assert overlay.found == "Linux 5.10.0-28-amd64: overlayfs in a user namespace needs 5.11+"
     assert "5.11 or later" in overlay.fix
     # Root mounts overlayfs on any kernel that has it.
