@@ -218,10 +218,11 @@ def opaque(path: Path) -> None:
 
 
 def set_times(root: Path) -> None:
-    """Every directory of a layer gets the old mtime (files have theirs)."""
+    """Every directory of a layer gets the old mtime (files have theirs). os.walk lists
+    symlinks to directories among the directories: those are left alone, never followed."""
     for dirpath, dirnames, _ in os.walk(root):
         for name in dirnames:
-            os.utime(os.path.join(dirpath, name), ns=(OLD, OLD))
+            os.utime(os.path.join(dirpath, name), ns=(OLD, OLD), follow_symlinks=False)
     os.utime(root, ns=(OLD, OLD))
 
 
