@@ -7,6 +7,7 @@ importable by name). Nothing is mocked: servers listen on 127.0.0.1, git is the 
 
 from __future__ import annotations
 
+import dataclasses
 import email.utils
 import importlib.util
 import os
@@ -73,7 +74,29 @@ class Entry:
 
 def tree(root: Path) -> dict[str, Entry]:
     """Every entry below ``root`` by its relative path (``/``-separated), without following
-    symlinks."""
+    symlinks.
+
+    Rootless, read where the builds run (``inside``: everything is readable, owners are
+    container IDs, as root sees them), and in a local output (all the user's, as BuildKit's
+    rootless export writes it) the owners are the build's, from the output's tar twin
+    (see tests/buildkit_base.py, ``with_owner_twins``)."""
+    base = load_base()
+    if not base.rootless():
+        return _walk(root)
+    found: dict[str, Entry] = base.inside(_walk, root)
+    for dest in (root, *root.parents):
+        if dest.name and base.owners_tar(dest).is_file():
+            owners = base.exported_owners(dest)
+            prefix = root.relative_to(dest).as_posix()
+            for rel, entry in found.items():
+                assert (entry.uid, entry.gid) == (0, 0), (rel, entry)  # the user's
+                uid, gid = owners[rel if prefix == "." else f"{prefix}/{rel}"]
+                found[rel] = dataclasses.replace(entry, uid=uid, gid=gid)
+            break
+    return found
+
+
+def _walk(root: Path) -> dict[str, Entry]:
     found: dict[str, Entry] = {}
     for dirpath, dirnames, filenames in os.walk(root):
         for name in [*dirnames, *filenames]:

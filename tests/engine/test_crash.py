@@ -16,7 +16,15 @@ a diff's rename and its publication, during tagging and export. After every kill
     engine: see engine/executor/oci.py) and no mount is left on the host under the store or
     /run/nbbuild;
 (d) the runtime state and bundles of the dead build's containers are gone once the next build
-    has started (its executor sweeps dead owners' entries).
+    has started (its executor sweeps dead owners' entries);
+(e) at the end the store can be removed (``cache prune --all``, then its directory, by the
+    user's engine: for a rootless user, in its user namespace). Rootless, nothing else the
+    builds left - the executor's state dir (~/.cache/nbbuild-run), temporary files (TMPDIR is
+    the test's own), outputs, logs, /tmp itself - belongs to the user's subordinate IDs, which
+    the user could not delete.
+
+Run by a normal user (scripts/rootless-tests.sh), the builds are rootless. With a single ID
+mapping the build cannot run at all (it chowns to other IDs): it must fail with the clear error.
 
 Each round uses its own ``ROUND`` build arg: it is in every RUN's environment, so every step's
 key is new and the whole build runs again, while the output does not depend on it.
@@ -37,9 +45,7 @@ from types import ModuleType
 import pytest
 
 from engine.images.store import ImageStore
-from engine.store.check import check
 from engine.store.leases import process_start_ticks
-from engine.store.metadb import open_meta_db
 from engine.store.store import Store
 
 
@@ -97,7 +103,30 @@ def build_args(round_: str, tag: str, out: Path, metadata: Path | None = None) -
     return [*args, "--output", f"type=local,dest={out}"]
 
 
-def test_sigkill_of_the_cli_at_random_moments(tmp_path: Path) -> None:
+@pytest.fixture
+def private_tmp(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """TMPDIR of the builds: the test's own, so what they leave there can be checked."""
+    tmp = tmp_path / "tmpdir"
+    tmp.mkdir()
+    monkeypatch.setenv("TMPDIR", str(tmp))
+    return tmp
+
+
+def assert_nothing_left_the_user_cannot_delete(
+    tmp_path: Path, stores: tuple[Path, ...], since: float
+) -> None:
+    """(e): the stores can be removed; rootless, nothing else is the subordinate IDs'."""
+    if wb.base().rootless():
+        # (the stores hold the builds' files, owned by the IDs they have in the containers)
+        assert wb.foreign_files(tmp_path, skip=stores) == []
+        assert wb.foreign_files(wb.state_dir()) == []
+        assert wb.subordinate_in(Path("/tmp"), since) == []
+    for store in stores:
+        wb.remove_store(store)
+
+
+def test_sigkill_of_the_cli_at_random_moments(tmp_path: Path, private_tmp: Path) -> None:
+    since = time.time()
     tar = wb.busybox_tar(tmp_path)
     ctx = wb.write_files(tmp_path / "ctx", FILES)
 
@@ -106,6 +135,9 @@ def test_sigkill_of_the_cli_at_random_moments(tmp_path: Path) -> None:
     started = time.monotonic()
     ref = wb.cli(*build_args("ref", "crash", tmp_path / "ref-out"), ctx, root=ref_root)
     length = time.monotonic() - started
+    if wb.base().single():
+        wb.check_unmapped(ref)  # chown -R 1000:1000: the IDs are not mapped
+        return
     assert ref.returncode == 0, ref.stderr
     reference = wb.tree(tmp_path / "ref-out")
 
@@ -142,11 +174,7 @@ def test_sigkill_of_the_cli_at_random_moments(tmp_path: Path) -> None:
 
         # (a) before any sweep, the only problems are a dead owner's leftovers: no published
         # result, snapshot, key or blob is damaged ...
-        unswept = Store(root, open_meta_db(root))  # the constructor does not sweep
-        try:
-            kinds = {p.kind for p in check(unswept).problems}
-        finally:
-            unswept.close()
+        kinds = wb.base().inside(wb.unswept_problems, root)
         assert kinds <= SWEPT_ON_OPEN, (where, kinds)
         # ... and the first open (cache check) sweeps them; then it is clean
         out = wb.check_clean(root)
@@ -175,6 +203,7 @@ def test_sigkill_of_the_cli_at_random_moments(tmp_path: Path) -> None:
     assert killed_running >= KILLS // 4, killed_running
     wb.check_clean(root)
     assert wb.host_mounts(root) == []
+    assert_nothing_left_the_user_cannot_delete(tmp_path, (root, ref_root), since)
 
 
 LONG_DOCKERFILE = """\
@@ -188,9 +217,12 @@ RUN echo after > /out/after
 """
 
 
-def test_sigkill_during_a_long_run_leaves_no_container_running(tmp_path: Path) -> None:
+def test_sigkill_during_a_long_run_leaves_no_container_running(
+    tmp_path: Path, private_tmp: Path
+) -> None:
     """The deterministic case of (c): the kill lands while a step's container runs for 30 s
     more. The runtime and the container die with the CLI; they do not finish the step."""
+    since = time.time()
     tar = wb.busybox_tar(tmp_path)
     ctx = wb.write_files(tmp_path / "ctx", {"Dockerfile": LONG_DOCKERFILE})
     ref_root = wb.new_store(tmp_path / "ref", tar)
@@ -221,10 +253,14 @@ def test_sigkill_during_a_long_run_leaves_no_container_running(tmp_path: Path) -
     assert wb.diff_trees(wb.tree(tmp_path / "out"), wb.tree(tmp_path / "ref-out")) == []
     # The next build's executor swept the dead build's bundle and runtime state.
     assert wb.runtime_entries(run.pid) == []
+    assert_nothing_left_the_user_cannot_delete(tmp_path, (root, ref_root), since)
 
 
 @pytest.fixture(autouse=True)
 def _no_strays(tmp_path: Path) -> Iterator[None]:
     yield
     # Whatever happened, leave no container of this test running.
-    assert wb.store_processes(tmp_path) == []
+    try:
+        assert wb.store_processes(tmp_path) == []
+    finally:
+        wb.base().release(tmp_path)

@@ -3,8 +3,13 @@ subprocess in its own process group, output trees to compare, and what a build m
 behind - processes, mounts, runtime state, files in the store.
 
 Load it with :func:`load` (tests run with ``--import-mode=importlib``, so sibling modules are not
-importable by name). Everything here is real: containers run with crun, layers are overlayfs
-mounts in private namespaces, the store is SQLite.
+importable by name). Everything here is real: containers run with crun (runc when rootless),
+layers are overlayfs mounts in private namespaces, the store is SQLite.
+
+As root or as a normal user whose builds run rootless (see :func:`base`'s ``mapping``): the
+CLI enters a user namespace itself; what this process must do to snapshot files it does
+through ``base().inside``, and the executor's state is where the builds put it
+(:func:`state_dir`).
 """
 
 from __future__ import annotations
@@ -28,7 +33,6 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[2]
 BUSYBOX_SCRIPT = REPO / "scripts" / "busybox-rootfs.sh"
-STATE_DIR = Path("/run/nbbuild")  # the OCI executor's default state dir (bundles, runtime state)
 CLI_TIMEOUT = 180.0
 
 
@@ -44,21 +48,47 @@ def load() -> ModuleType:
     return sys.modules[name]
 
 
+def base() -> ModuleType:
+    """tests/buildkit_base.py (root or rootless, :func:`inside`), under its shared name."""
+    name = "nbbuild_tests_buildkit_base"
+    if name not in sys.modules:
+        spec = importlib.util.spec_from_file_location(name, REPO / "tests" / "buildkit_base.py")
+        assert spec is not None and spec.loader is not None
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[name] = module
+        spec.loader.exec_module(module)
+    return sys.modules[name]
+
+
+def state_dir() -> Path:
+    """The OCI executor's state dir (bundles, runtime state) of this user's builds:
+    /run/nbbuild as root, else $XDG_RUNTIME_DIR/nbbuild or ~/.cache/nbbuild-run."""
+    from engine.executor.oci import default_state_dir
+
+    return default_state_dir()
+
+
 # -- setup ----------------------------------------------------------------------------------
 
 
 def require_host() -> None:
-    """Root, crun and busybox-static: what real builds need (fail, never skip)."""
-    if os.geteuid() != 0:
-        pytest.fail("whole-build tests run containers and need root")
-    for tool in ("crun", "busybox", "unshare", "setpriv"):
+    """Root or working user namespaces, crun, runc and busybox-static: what real builds need
+    (fail, never skip)."""
+    base().mapping()
+    for tool in ("crun", "runc", "busybox", "unshare", "setpriv"):
         if shutil.which(tool, path=os.environ.get("PATH", "") + ":/usr/sbin:/sbin") is None:
             pytest.fail(f"{tool} is missing: make setup installs crun and busybox-static")
 
 
 def busybox_tar(directory: Path) -> Path:
-    """A busybox rootfs tar made by scripts/busybox-rootfs.sh (numeric owners)."""
+    """A busybox rootfs tar made by scripts/busybox-rootfs.sh (numeric owners: root's, so it
+    runs where the builds run)."""
     require_host()
+    made: Path = base().inside(_busybox_tar, directory)
+    return made
+
+
+def _busybox_tar(directory: Path) -> Path:
     rootfs, tar = directory / "rootfs", directory / "busybox.tar"
     proc = subprocess.run(
         ["bash", str(BUSYBOX_SCRIPT), str(rootfs), str(tar)], capture_output=True, text=True
@@ -69,7 +99,12 @@ def busybox_tar(directory: Path) -> Path:
 
 
 def new_store(root: Path, tar: Path) -> Path:
-    """A fresh store at ``root`` with ``busybox:latest`` imported."""
+    """A fresh store at ``root`` with ``busybox:latest`` imported (where builds run)."""
+    made: Path = base().inside(_new_store, root, tar)
+    return made
+
+
+def _new_store(root: Path, tar: Path) -> Path:
     from engine.images.archive import import_rootfs
     from engine.images.store import ImageStore
     from engine.store.store import Store
@@ -182,7 +217,15 @@ Entry = tuple[Any, ...]
 
 def tree(root: Path) -> dict[str, Entry]:
     """Every path under ``root`` (not following symlinks): kind, mode bits, owner, group and
-    content (sha256 of a file, target of a link). Hard links show as equal inode groups."""
+    content (sha256 of a file, target of a link). Hard links show as equal inode groups.
+
+    Read where the builds run (``base().inside``): rootless, everything is readable there and
+    owners are container IDs (a rootless local output is all the user's: container root)."""
+    found: dict[str, Entry] = base().inside(_tree, root)
+    return found
+
+
+def _tree(root: Path) -> dict[str, Entry]:
     out: dict[str, Entry] = {}
     inodes: dict[tuple[int, int], str] = {}
     for dirpath, dirnames, filenames in os.walk(root):
@@ -288,19 +331,21 @@ def wait_for_container(root: Path, argv: tuple[str, ...], alive: Callable[[], bo
 
 def host_mounts(root: Path) -> list[str]:
     """Mounts of this (the host's) mount namespace under the store or the executor's state."""
+    state = state_dir()
     with open("/proc/self/mountinfo", encoding="utf-8") as f:
         return [
             line.strip()
             for line in f
-            if str(root) in line or f" {STATE_DIR}/" in line or f" {STATE_DIR} " in line
+            if str(root) in line or f" {state}/" in line or f" {state} " in line
         ]
 
 
 def runtime_entries(owner: int) -> list[Path]:
     """Bundles and runtime state of containers started by the engine process ``owner``."""
     prefix = f"nbbuild-{owner}-"
+    state = state_dir()
     found: list[Path] = []
-    for parent in (STATE_DIR / "bundles", *STATE_DIR.glob("state-*")):
+    for parent in (state / "bundles", *state.glob("state-*")):
         with contextlib.suppress(FileNotFoundError):
             found += [parent / n for n in os.listdir(parent) if n.startswith(prefix)]
     return found
@@ -342,3 +387,94 @@ def wait_for(condition: Callable[[], bool], timeout: float = 20.0, interval: flo
         if time.monotonic() > deadline:
             return False
         time.sleep(interval)
+
+
+# -- rootless: what the user could not delete -----------------------------------------------
+
+
+def check_unmapped(proc: subprocess.CompletedProcess[str]) -> None:
+    """The build failed with the clear error a single mapping gives a step that needs another
+    user or group ID (see ``base().check_unmapped_message``)."""
+    assert proc.returncode != 0, proc.stdout
+    base().check_unmapped_message(proc.stderr)
+
+
+def unswept_problems(root: Path) -> set[str]:
+    """The kinds of problem ``check`` finds in the store before any sweep (the constructor
+    does not sweep); run where builds run, as it reads snapshot files (``base().inside``)."""
+    from engine.store.check import check
+    from engine.store.metadb import open_meta_db
+    from engine.store.store import Store
+
+    unswept = Store(root, open_meta_db(root))
+    try:
+        return {p.kind for p in check(unswept).problems}
+    finally:
+        unswept.close()
+
+
+def check_store(root: Path) -> Any:
+    """``engine.store.check.check`` of the opened store (the open sweeps first): a
+    CheckReport. It reads snapshot files: call it through ``base().inside``."""
+    from engine.store.check import check
+    from engine.store.store import Store
+
+    with Store.open(root) as store:
+        return check(store)
+
+
+def foreign_files(*dirs: Path, skip: tuple[Path, ...] = ()) -> list[str]:
+    """What under ``dirs`` (not following symlinks; ``skip`` not entered) belongs to another
+    user or group than this process's, or cannot be listed: left by a rootless build, such
+    files are its subordinate IDs', which the user can neither change nor delete outside a
+    user namespace."""
+    me = (os.getuid(), os.getgid())
+    skipped = {str(p) for p in skip}
+    found: list[str] = []
+
+    def unreadable(exc: OSError) -> None:
+        found.append(f"{exc.filename}: {exc.strerror}")
+
+    for top in dirs:
+        if not top.exists():
+            continue
+        for dirpath, dirnames, filenames in os.walk(top, onerror=unreadable):
+            dirnames[:] = [d for d in dirnames if os.path.join(dirpath, d) not in skipped]
+            for name in [*dirnames, *filenames]:
+                path = os.path.join(dirpath, name)
+                st = os.lstat(path)
+                if (st.st_uid, st.st_gid) != me:
+                    found.append(f"{path} ({st.st_uid}:{st.st_gid})")
+    return found
+
+
+def subordinate_in(directory: Path, since: float) -> list[str]:
+    """Entries right in ``directory`` (/tmp: other users' files are there too) that belong to
+    this user's subordinate IDs and changed after ``since`` (a time.time())."""
+    from engine.userns.idmap import current_mapping
+
+    ids = current_mapping()
+    outside_uids = [r for r in ids.uids if r.inside != 0]
+    outside_gids = [r for r in ids.gids if r.inside != 0]
+    found = []
+    for name in _listdir(directory):
+        try:
+            st = os.lstat(directory / name)
+        except FileNotFoundError:
+            continue
+        if st.st_ctime < since:
+            continue
+        if any(r.outside <= st.st_uid < r.outside + r.count for r in outside_uids) or any(
+            r.outside <= st.st_gid < r.outside + r.count for r in outside_gids
+        ):
+            found.append(f"{directory / name} ({st.st_uid}:{st.st_gid})")
+    return found
+
+
+def remove_store(root: Path) -> None:
+    """``nbbuild cache prune --all``, then the store's directory removed where builds run (a
+    rootless user's engine, in its user namespace): all a build leaves must be removable."""
+    proc = cli("cache", "prune", "--all", "--force", root=root)
+    assert proc.returncode == 0, proc.stderr
+    base().inside(shutil.rmtree, root)
+    assert not root.exists()

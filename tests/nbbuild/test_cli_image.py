@@ -1,12 +1,19 @@
-"""``nbbuild image``: import, ls, inspect, tag, save, load, rm through the CLI functions."""
+"""``nbbuild image``: import, ls, inspect, tag, save, load, rm through the CLI functions.
+
+Run by a normal user, the functions run where a rootless ``nbbuild`` runs them: as root of the
+user's namespace (``inside_printing`` of tests/buildkit_base.py), since an image's layer files
+belong to the user's subordinate IDs; they print and raise as they do here.
+"""
 
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
-import os
-import subprocess
+import sys
+from collections.abc import Iterator
 from pathlib import Path
+from types import ModuleType
 
 import pytest
 
@@ -16,30 +23,38 @@ from nbbuild._cli_image import register
 REPO = Path(__file__).resolve().parents[2]
 
 
+def _load_base() -> ModuleType:
+    name = "nbbuild_tests_buildkit_base"
+    if name not in sys.modules:
+        spec = importlib.util.spec_from_file_location(name, REPO / "tests" / "buildkit_base.py")
+        assert spec is not None and spec.loader is not None
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[name] = module
+        spec.loader.exec_module(module)
+    return sys.modules[name]
+
+
+base = _load_base()
+
+
 @pytest.fixture(scope="module")
 def rootfs(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    if os.geteuid() != 0:
-        pytest.fail("image import keeps owners and devices: run as root")
-    if not Path("/usr/bin/busybox").exists():
-        proc = subprocess.run(
-            ["apt-get", "install", "-y", "-qq", "busybox-static"],
-            capture_output=True,
-            text=True,
-            env={**os.environ, "DEBIAN_FRONTEND": "noninteractive"},
-        )
-        assert proc.returncode == 0, proc.stderr
-    work = tmp_path_factory.mktemp("rootfs")
-    out = work / "rootfs.tar"
-    proc = subprocess.run(
-        ["bash", str(REPO / "scripts" / "busybox-rootfs.sh"), str(work / "root"), str(out)],
-        capture_output=True,
-        text=True,
-    )
-    assert proc.returncode == 0, proc.stderr
-    return out
+    base.mapping()  # root, or a user whose builds run rootless (else: fail saying why)
+    base.ensure_packages("busybox-static")
+    tar: Path = base.rootfs_tar(tmp_path_factory.mktemp("rootfs"))
+    return tar
+
+
+@pytest.fixture(autouse=True)
+def _release(tmp_path: Path) -> Iterator[None]:
+    yield
+    base.release(tmp_path)
 
 
 def run(capsys: pytest.CaptureFixture[str], *argv: str) -> str:
+    if base.rootless():
+        assert base.inside_printing(base.cli_function, list(argv)) == 0
+        return capsys.readouterr().out
     parser = argparse.ArgumentParser(prog="nbbuild")
     sub = parser.add_subparsers(dest="command")
     register(sub)
