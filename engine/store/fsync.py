@@ -13,7 +13,6 @@ snapshots belong to mapped IDs).
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import errno
 import os
 import stat
@@ -35,7 +34,9 @@ def _load_syncfs() -> _SyncFs | None:
         return _syncfs_fn
     _syncfs_loaded = True
     try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or None, use_errno=True)
+        # The process's own symbols, libc's among them: ctypes.util.find_library("c") would
+        # run `ldconfig -p` (a process start) in every engine that commits a result.
+        libc = ctypes.CDLL(None, use_errno=True)
         fn = libc.syncfs
     except (OSError, AttributeError):
         return None

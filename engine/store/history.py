@@ -50,12 +50,18 @@ class BuildRecord:
 
 
 _COLUMNS = "name, time_ns, target, tag, context, status, steps"
-_STEP_FIELDS = {f.name for f in dataclasses.fields(StepRecord)}
+_STEP_FIELD_NAMES = tuple(f.name for f in dataclasses.fields(StepRecord))
+_STEP_FIELDS = frozenset(_STEP_FIELD_NAMES)
 
 
 def record_build(conn: sqlite3.Connection, record: BuildRecord) -> None:
     """Append a build (inside the caller's write transaction)."""
-    steps = json.dumps([dataclasses.asdict(s) for s in record.steps], sort_keys=True)
+    # The fields as they are (preimages and manifests are plain JSON values): what
+    # dataclasses.asdict gives, without its deep copy of every nested value (~30 us a step).
+    steps = json.dumps(
+        [{name: getattr(s, name) for name in _STEP_FIELD_NAMES} for s in record.steps],
+        sort_keys=True,
+    )
     conn.execute(
         f"INSERT INTO builds ({_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?)",
         (

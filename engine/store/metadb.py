@@ -342,6 +342,10 @@ def open_meta_db(root: Path, migrations: list[Migration] | None = None) -> MetaD
 
 def _migrate(db: MetaDB, steps: list[Migration]) -> None:
     known = len(steps)
+    # The common case, an up-to-date file, needs no write lock: a schema version only grows,
+    # so one read that sees ours is final.
+    if db.schema_version == known:
+        return
     while True:
         with db.transaction() as conn:
             # Re-read inside the write lock: another process may have migrated meanwhile.

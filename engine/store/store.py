@@ -300,6 +300,21 @@ class Store:
                 self._hold(conn, found.id, lease, time.time_ns())
         return found
 
+    def lookup_each(self, key_lists: Sequence[Sequence[str]], lease: Lease) -> list[Result | None]:
+        """:meth:`lookup` of each list of keys, all in one transaction (a no-op rebuild looks
+        up every step below its target)."""
+        if not any(key_lists):
+            return [None] * len(key_lists)
+        out: list[Result | None] = []
+        with self.db.transaction() as conn:
+            now = time.time_ns()
+            for keys in key_lists:
+                found = self._find(conn, keys) if keys else None
+                if found is not None:
+                    self._hold(conn, found.id, lease, now)
+                out.append(found)
+        return out
+
     def commit(
         self,
         *,
@@ -607,7 +622,7 @@ def _listdir(path: Path) -> list[str]:
 def _outside_namespace() -> bool:
     """An unprivileged process outside any user namespace (a notebook kernel reading history):
     a rootless store's snapshots belong to the user's subordinate IDs, so it must not remove
-    them (half a tree would go); the sweep runs in the next build's namespace instead."""
-    from engine.userns.namespace import mode
-
-    return mode() == "outside"
+    them (half a tree would go); the sweep runs in the next build's namespace instead.
+    (``engine.userns.namespace.mode() == "outside"``, which is exactly this test, without
+    reading /proc/self/uid_map on every new diff directory.)"""
+    return os.geteuid() != 0
