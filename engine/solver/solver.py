@@ -19,7 +19,6 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
-from concurrent.futures import Future
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -70,6 +69,34 @@ class VertexState:
     logs: list[bytes] = field(default_factory=list)
 
 
+class _Once:
+    """One vertex's load, shared by every consumer that asks while (or after) the first one
+    does the work: what ``concurrent.futures.Future`` offers here, without importing
+    ``concurrent.futures`` (and ``logging``) on every build."""
+
+    __slots__ = ("_done", "_error", "_value")
+
+    def __init__(self) -> None:
+        self._done = threading.Event()
+        self._value: Loaded | None = None
+        self._error: BaseException | None = None
+
+    def set_result(self, value: Loaded) -> None:
+        self._value = value
+        self._done.set()
+
+    def set_exception(self, error: BaseException) -> None:
+        self._error = error
+        self._done.set()
+
+    def result(self) -> Loaded:
+        self._done.wait()
+        if self._error is not None:
+            raise self._error
+        assert self._value is not None
+        return self._value
+
+
 class Solver:
     """Solves one definition against a store.
 
@@ -110,7 +137,7 @@ class Solver:
         self.cancel = threading.Event()
         self.failed = False
         self.states: dict[str, VertexState] = {v.digest: VertexState() for v in definition}
-        self._futures: dict[str, Future[Loaded]] = {}
+        self._futures: dict[str, _Once] = {}
         self._lock = threading.Lock()
 
     # -- public -----------------------------------------------------------------------
@@ -139,9 +166,9 @@ class Solver:
         finally:
             done.set()
             watcher.join()
-            for vertex in self.definition:
-                if self.states[vertex.digest].status == "pending":
-                    self._settle(vertex)
+            self._settle_all(
+                [v for v in self.definition if self.states[v.digest].status == "pending"]
+            )
         return loaded
 
     def _settle_ancestors(self, vertex: Vertex) -> None:
@@ -152,6 +179,7 @@ class Solver:
             if digest not in needed:
                 needed.add(digest)
                 stack.extend(self.by_digest[digest].inputs)
+        settle = []
         for v in self.definition:
             if v.digest in needed:
                 with self._lock:
@@ -159,36 +187,49 @@ class Solver:
                 # A vertex someone is loading reports its own status; the others are settled
                 # now (a later load, if another consumer needs it, reports again).
                 if not loading and self.states[v.digest].status == "pending":
-                    self._settle(v)
+                    settle.append(v)
+        self._settle_all(settle)
 
-    def _settle(self, vertex: Vertex) -> None:
-        """Status of a vertex the solve never needed: ``cached`` when its key is in the store
-        (as BuildKit's progress shows every step of a no-op rebuild), else ``skipped``."""
+    def _settle_all(self, vertices: Sequence[Vertex]) -> None:
+        """Status of vertices the solve never needed, in order: ``cached`` when the key is in
+        the store (as BuildKit's progress shows every step of a no-op rebuild), else
+        ``skipped``. Their keys are looked up together, in one store transaction."""
         if self.cancel.is_set():
-            self._set(vertex, status="canceled")
+            for vertex in vertices:
+                self._set(vertex, status="canceled")
             return
-        fast = self.fast_keys.get(vertex.digest)
-        key = fast.cache_key if fast is not None else None
-        if isinstance(vertex.op, ImageSource) and self.runner.has_image(vertex.op):
-            now = time.time_ns()
-            self._set(vertex, status="cached", key=key, started_ns=now, completed_ns=now)
-            return
-        hit = None
-        if key is not None and not vertex.meta.ignore_cache and vertex.meta.step is not None:
-            hit = self.store.lookup([key], self.lease)
-        if hit is None:
-            self._set(vertex, status="skipped")
-            return
-        now = time.time_ns()
-        self._set(
-            vertex,
-            status="cached",
-            key=key,
-            keys=(key,),
-            started_ns=now,
-            completed_ns=now,
-            saved_ns=hit.exec_ns,
+        keys: dict[str, str] = {}  # digest -> the key to look up
+        images: set[str] = set()  # image sources the store has
+        for vertex in vertices:
+            fast = self.fast_keys.get(vertex.digest)
+            key = fast.cache_key if fast is not None else None
+            if isinstance(vertex.op, ImageSource) and self.runner.has_image(vertex.op):
+                images.add(vertex.digest)
+            elif key is not None and not vertex.meta.ignore_cache and vertex.meta.step is not None:
+                keys[vertex.digest] = key
+        hits = dict(
+            zip(keys, self.store.lookup_each([[k] for k in keys.values()], self.lease), strict=True)
         )
+        for vertex in vertices:
+            fast = self.fast_keys.get(vertex.digest)
+            key = fast.cache_key if fast is not None else None
+            now = time.time_ns()
+            if vertex.digest in images:
+                self._set(vertex, status="cached", key=key, started_ns=now, completed_ns=now)
+                continue
+            hit = hits.get(vertex.digest)
+            if hit is None:
+                self._set(vertex, status="skipped")
+                continue
+            self._set(
+                vertex,
+                status="cached",
+                key=key,
+                keys=(key,),
+                started_ns=now,
+                completed_ns=now,
+                saved_ns=hit.exec_ns,
+            )
 
     def load(self, digest: str) -> Loaded:
         """Load one vertex's output, once per build, whoever asks first does the work."""
@@ -196,7 +237,7 @@ class Solver:
             future = self._futures.get(digest)
             owner = future is None
             if future is None:
-                future = Future()
+                future = _Once()
                 self._futures[digest] = future
         if not owner:
             return future.result()
