@@ -28,8 +28,7 @@ from engine.events import (
     VertexEvent,
     VertexLog,
 )
-from engine.frontend.convert import BuildOptions, convert
-from engine.frontend.parser import parse
+from engine.frontend.convert import BuildOptions
 from engine.graph.ops import ContentSpec, LocalSource
 from engine.graph.vertex import Definition, Vertex
 from engine.solver.runner import OpRunner
@@ -201,7 +200,6 @@ def build(
     store = Store.open(root)
     try:
         images = ImageStore(store)
-        dockerfile = parse(request.dockerfile, filename=request.dockerfile_name)
         options = BuildOptions(
             target=request.target,
             build_args=dict(request.build_args),
@@ -211,8 +209,9 @@ def build(
             labels=dict(request.labels),
             context_dir=str(request.context.resolve()),
         )
-        definition = convert(
-            dockerfile,
+        definition, build_arg_names = _converted(
+            request.dockerfile,
+            request.dockerfile_name,
             options,
             resolve_image=resolver(images),
             resolve_context=_lazy_context_resolver(images),
@@ -224,9 +223,9 @@ def build(
         epoch = _source_date_epoch(definition.source_date_epoch)
         _check_entitlements(definition, request.allow)
         hasher = ContextHasher(
-            store_root=root,
             dockerfile_path=request.dockerfile_path,
             extra_excludes=request.context_excludes,
+            db=store.db,
         )
         started = time.time_ns()
         reporter.emit(
@@ -313,7 +312,7 @@ def build(
                 ]
                 # Why each step ran: against the previous build of this name, read before
                 # this one is recorded.
-                reasons = _reasons(records, store.last_build(name), dockerfile, definition)
+                reasons = _reasons(records, store.last_build(name), build_arg_names, definition)
                 store.record_build(
                     BuildRecord(
                         name=name,
@@ -361,6 +360,87 @@ def build(
             hasher.close()
     finally:
         store.close()
+
+
+# Conversions of this process, newest last: (Dockerfile text, name, options) -> the definition,
+# the ARG names explain needs, and every image lookup the conversion made with its answer.
+_Conversion = tuple[Definition, frozenset[str] | None, tuple[tuple[str, Any, Any], ...]]
+_CONVERTED: dict[tuple[Any, ...], _Conversion] = {}
+_CONVERTED_MAX = 32
+_converted_lock = threading.Lock()
+
+
+def _conversion_key(text: str, name: str, options: BuildOptions) -> tuple[Any, ...]:
+    return (
+        text,
+        name,
+        options.target,
+        tuple(sorted(options.build_args.items())),
+        tuple(sorted(options.build_contexts.items())),
+        options.no_cache,
+        options.no_cache_filter,
+        tuple(sorted(options.labels.items())),
+        options.context_dir,
+        options.platform,
+    )
+
+
+def _converted(
+    text: str,
+    name: str,
+    options: BuildOptions,
+    *,
+    resolve_image: Any,
+    resolve_context: Any,
+) -> tuple[Definition, frozenset[str] | None]:
+    """The Dockerfile's definition and its stage ARG names (for explain; None when they could
+    not be read), converted once per process for the same text and options: a warm process
+    (a notebook kernel, the API) does not parse and convert an unchanged Dockerfile again.
+
+    Conversion reads nothing but its arguments, the host platform and what the resolvers
+    answer, so a remembered one is used only when every image it looked up resolves to the
+    same image now (each lookup is made again and compared); one that resolved a named
+    ``docker-image://``/``oci-layout://`` context (which may load a layout into the store) is
+    not remembered. Definitions are immutable, so builds may share one."""
+    from engine.explain import arg_names
+    from engine.frontend.convert import convert
+    from engine.frontend.parser import parse
+
+    key = _conversion_key(text, name, options)
+    with _converted_lock:
+        found = _CONVERTED.get(key)
+    if found is not None:
+        definition, names, made = found
+        if all(resolve_image(*args) == answer for _, args, answer in made):
+            return definition, names
+    lookups: list[tuple[str, Any, Any]] = []
+    remember = True
+
+    def recording_image(*args: Any) -> Any:
+        answer = resolve_image(*args)
+        lookups.append(("image", args, answer))
+        return answer
+
+    def recording_context(*args: Any) -> Any:
+        nonlocal remember
+        remember = False
+        return resolve_context(*args)
+
+    dockerfile = parse(text, filename=name)
+    definition = convert(
+        dockerfile, options, resolve_image=recording_image, resolve_context=recording_context
+    )
+    try:
+        names = arg_names(dockerfile)
+    except Exception:  # for explain only, which must never fail the build it describes
+        names = None
+    if remember:
+        with _converted_lock:
+            _CONVERTED.pop(key, None)
+            _CONVERTED[key] = (definition, names, tuple(lookups))
+            while len(_CONVERTED) > _CONVERTED_MAX:
+                del _CONVERTED[next(iter(_CONVERTED))]
+    return definition, names
 
 
 def _lazy_context_resolver(images: Any) -> Any:
@@ -486,17 +566,19 @@ def _manifests(
 def _reasons(
     records: list[StepRecord],
     previous: BuildRecord | None,
-    dockerfile: Any,
+    build_arg_names: frozenset[str] | None,
     definition: Definition,
 ) -> dict[str, str]:
     """One line per step that ran saying why (engine.explain); {} if explaining fails."""
-    from engine.explain import arg_names, explain
+    from engine.explain import explain
 
+    if build_arg_names is None:
+        return {}
     try:
         explained = explain(
             records,
             previous,
-            arg_names=arg_names(dockerfile),
+            arg_names=build_arg_names,
             ignored={v.digest for v in definition.vertices if v.meta.ignore_cache},
             inputs={v.digest: v.inputs for v in definition.vertices},
         )
@@ -519,7 +601,6 @@ def _finish_outputs(
 ) -> tuple[str | None, dict[str, Any] | None]:
     """Tag and export the result; returns the image ID and manifest descriptor (None, None
     when no image was made: only local/tar outputs, or none)."""
-    from engine.exporters import export
     from engine.images.config import MEDIA_TYPE_OCI_MANIFEST
 
     image_id: str | None = None
@@ -533,6 +614,8 @@ def _finish_outputs(
         image_id = image.config_digest
         named = named or image.name
     for output in request.outputs:
+        from engine.exporters import export  # (archives, tar): only for --output
+
         image_id = (
             export(
                 store,

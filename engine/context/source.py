@@ -30,6 +30,8 @@ class ContextHasher:
         dockerfile_path: the Dockerfile, for ``<Dockerfile>.dockerignore`` precedence.
         extra_excludes: patterns left out of the main context before its .dockerignore
             (the notebook leaves out its own ``*.ipynb`` files).
+        db: an open ``meta.db`` to use instead of opening ``store_root``'s (a build passes
+            its store's: one connection, one open and one close less); the caller closes it.
     """
 
     def __init__(
@@ -37,10 +39,15 @@ class ContextHasher:
         store_root: Path | None = None,
         dockerfile_path: Path | None = None,
         extra_excludes: tuple[str, ...] = (),
+        *,
+        db: MetaDB | None = None,
     ) -> None:
         self._dockerfile_path = dockerfile_path
         self._extra_excludes = extra_excludes
-        self._db: MetaDB | None = open_meta_db(store_root) if store_root is not None else None
+        self._owns_db = db is None and store_root is not None
+        self._db: MetaDB | None = (
+            db if db is not None else open_meta_db(store_root) if store_root is not None else None
+        )
         self._cache = StatCache(self._db) if self._db is not None else None
         self._stack = contextlib.ExitStack()
         # Keyed by (is main context, path): a named context at the main context's directory
@@ -121,6 +128,6 @@ class ContextHasher:
         try:
             self._stack.close()
         finally:
-            if self._db is not None:
+            if self._db is not None and self._owns_db:
                 self._db.close()
-                self._db = None
+            self._db = None
