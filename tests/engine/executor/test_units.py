@@ -170,8 +170,9 @@ def test_runtime_preference_and_state_dir_follow_the_mode(
     assert default_preference() == ("crun", "runc")
     assert default_state_dir() == DEFAULT_STATE_DIR
     monkeypatch.setattr(namespace, "mode", lambda: "inside")
-    # crun 1.8 cannot hide cgroup v1 "hybrid" inside a user namespace: runc first
-    assert default_preference() == ("runc", "crun")
+    # crun first in a user namespace too (the executor hides a cgroup v1 "hybrid" v2 hierarchy
+    # from it there with a tmpfs)
+    assert default_preference() == ("crun", "runc")
     monkeypatch.setenv("XDG_RUNTIME_DIR", str(tmp_path))
     assert default_state_dir() == tmp_path / "nbbuild"
     monkeypatch.setenv("XDG_RUNTIME_DIR", str(tmp_path / "missing"))

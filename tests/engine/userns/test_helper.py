@@ -100,8 +100,8 @@ def test_a_build_inside_reports_every_event_here_and_writes_outputs_as_the_calle
     kinds = [type(e).__name__ for e in reporter.events]
     assert kinds[0] == "BuildStarted" and kinds[-1] == "BuildFinished"
     assert [s.status for s in result.steps if s.step is not None] == ["executed"]
-    # the worker is reported: runc first in a user namespace, with the mapping
-    assert result.worker == f"oci: runc, rootless ({current_mapping().describe()})"
+    # the worker is reported: crun first in a user namespace too, with the mapping
+    assert result.worker == f"oci: crun, rootless ({current_mapping().describe()})"
     # the tar was written inside the namespace, as the caller's own file
     assert out.stat().st_uid == os.getuid()
     with tarfile.open(out) as tar:
