@@ -23,6 +23,7 @@ from __future__ import annotations
 import hashlib
 import os
 import stat
+import sys
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -57,6 +58,9 @@ _FILE_DIGESTS: dict[tuple[str, bool], tuple[tuple[int, ...], str]] = {}
 _FILE_DIGESTS_MAX = 1_000_000
 _RACY_NS = 1_000_000_000
 _CHUNK = 1 << 20
+# os.fsencode's encoding, applied directly in the hot loop
+_FS_ENCODING = sys.getfilesystemencoding()
+_FS_ERRORS = sys.getfilesystemencodeerrors()
 
 
 def _sha(data: bytes) -> str:
@@ -236,12 +240,32 @@ class _Hasher:
             raise ContextError(f"{rel}: not found")
         if stat.S_ISDIR(st.st_mode):
             header = self.header_digest(rel, st)
-            if self.record is not None and rel:
-                self.record[rel + "/"] = header
+            record = self.record
+            if record is not None and rel:
+                record[rel + "/"] = header
             parts = [b"\0", header.encode()]
-            for name in self.tree.children(rel):
-                child = f"{rel}/{name}" if rel else name
-                parts += [b"\0", os.fsencode(name), self.entry_digest(child).encode()]
+            listing = getattr(self.tree, "listing", None)
+            if listing is None:
+                for name in self.tree.children(rel):
+                    child = f"{rel}/{name}" if rel else name
+                    parts += [b"\0", os.fsencode(name), self.entry_digest(child).encode()]
+            else:
+                # The context: each child comes with its lstat, and a file's digest is taken
+                # here without a second lookup (what entry_digest does for a non-directory).
+                memos = self._memo
+                for name, cst in listing(rel):
+                    child = f"{rel}/{name}" if rel else name
+                    if stat.S_ISDIR(cst.st_mode):
+                        child_digest = self.entry_digest(child)
+                    else:
+                        found = memos.get(child)
+                        if found is None:
+                            found = self.file_digest(child, cst)
+                            if record is not None:
+                                record[child] = found
+                            memos[child] = found
+                        child_digest = found
+                    parts += [b"\0", name.encode(_FS_ENCODING, _FS_ERRORS), child_digest.encode()]
             digest = _sha(b"".join(parts))
         else:
             digest = self.file_digest(rel, st)

@@ -264,25 +264,64 @@ class ContextTree:
         return self._scan_children(rel)
 
     def _scan_children(self, rel: str) -> list[str]:
+        # ``rel`` is a directory on disk here (children() and _present() check it first), so
+        # each child's lstat is taken directly, as _disk() would after finding its parent.
         cached = self._children.get(rel)
         if cached is not None:
             return cached
+        base = self.real(rel)
         try:
-            with os.scandir(self.real(rel)) as it:
+            with os.scandir(base) as it:
                 names = [e.name for e in it]
         except OSError as exc:
             raise ContextError(
                 f"cannot read directory {rel or '.'}: {exc.strerror or exc}"
             ) from None
-        # BuildKit keys are byte strings: sort by the encoded name, not by code points.
-        names.sort(key=os.fsencode)
+        # BuildKit keys are byte strings: sort by the encoded name, not by code points (the
+        # same order for ASCII names).
+        if all(name.isascii() for name in names):
+            names.sort()
+        else:
+            names.sort(key=os.fsencode)
+        base += "/"
+        disk, known = self._disk_cache, self._lstat
+        # Rules without patterns (no .dockerignore) exclude nothing: no per-entry matching.
+        ignore = self.ignore if self.ignore is not None and self.ignore.matcher.patterns else None
         present: list[str] = []
         for name in names:
             child = f"{rel}/{name}" if rel else name
-            if self.lstat(child) is not None:
+            if child in known:
+                st = known[child]
+            else:
+                if child in disk:
+                    st = disk[child]
+                else:
+                    try:
+                        st = os.lstat(base + name)
+                    except (FileNotFoundError, NotADirectoryError):
+                        st = None
+                    except OSError as exc:
+                        raise ContextError(f"cannot stat {child}: {exc.strerror or exc}") from None
+                    disk[child] = st
+                if st is not None and ignore is not None and not self._present(child, st):
+                    st = None
+                known[child] = st
+            if st is not None:
                 present.append(name)
         self._children[rel] = present
         return present
+
+    def listing(self, rel: str) -> list[tuple[str, os.stat_result]]:
+        """The entries of directory ``rel`` in the context with their ``lstat``, in byte
+        order (what :meth:`children` and :meth:`lstat` give, in one call)."""
+        names = self.children(rel)
+        known = self._lstat
+        out = []
+        for name in names:
+            st = known[f"{rel}/{name}" if rel else name]
+            assert st is not None
+            out.append((name, st))
+        return out
 
     def readlink(self, rel: str) -> str:
         """Target of the symlink ``rel`` (its text; never followed here)."""
