@@ -95,9 +95,20 @@ def mapping() -> str:
     namespace, or when ``NBBUILD_TEST_MAPPING`` (set by scripts/rootless-tests.sh) names
     another case than this user's /etc/subuid gives."""
     try:
-        return _mapping()
+        found = _mapping()
     except RuntimeError as exc:
         pytest.fail(str(exc))
+    if found != "root" and os.geteuid() == 0:
+        # The rootless tests' process stays outside, as a notebook kernel does; nbbuild.cli.main
+        # called in a process without threads (a %nbbuild magic in a test's shell) moves the
+        # whole process into a user namespace for good, and every later test would run there.
+        pytest.fail(
+            "this test process has entered a user namespace: nbbuild.cli.main called in-process "
+            "by a process without threads enters one (nbbuild.cli._rootless; e.g. %nbbuild "
+            "images in tests/nbbuild/test_magics.py); the rootless tests must run outside one, "
+            "as a notebook kernel does"
+        )
+    return found
 
 
 def rootless() -> bool:
