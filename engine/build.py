@@ -13,7 +13,7 @@ import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeGuard
 
 from engine.cache.keys import compute_keys
 from engine.cache.preimages import record_preimages
@@ -215,6 +215,7 @@ def build(
             options,
             resolve_image=resolver(images),
             resolve_context=_lazy_context_resolver(images),
+            root=root,
         )
         if request.network:
             definition = _with_network(definition, request.network)
@@ -371,6 +372,8 @@ _converted_lock = threading.Lock()
 
 
 def _conversion_key(text: str, name: str, options: BuildOptions) -> tuple[Any, ...]:
+    from engine.frontend.convert import host_platform
+
     return (
         text,
         name,
@@ -382,6 +385,7 @@ def _conversion_key(text: str, name: str, options: BuildOptions) -> tuple[Any, .
         tuple(sorted(options.labels.items())),
         options.context_dir,
         options.platform,
+        host_platform(),
     )
 
 
@@ -392,27 +396,39 @@ def _converted(
     *,
     resolve_image: Any,
     resolve_context: Any,
+    root: Path,
 ) -> tuple[Definition, frozenset[str] | None]:
     """The Dockerfile's definition and its stage ARG names (for explain; None when they could
-    not be read), converted once per process for the same text and options: a warm process
-    (a notebook kernel, the API) does not parse and convert an unchanged Dockerfile again.
+    not be read), converted once for the same text, options and host: remembered in this
+    process (a notebook kernel, the API) and in the store (engine.frontend.convcache: a CLI
+    build of an unchanged Dockerfile loads neither the parser nor the converter).
 
     Conversion reads nothing but its arguments, the host platform and what the resolvers
     answer, so a remembered one is used only when every image it looked up resolves to the
     same image now (each lookup is made again and compared); one that resolved a named
     ``docker-image://``/``oci-layout://`` context (which may load a layout into the store) is
     not remembered. Definitions are immutable, so builds may share one."""
-    from engine.explain import arg_names
-    from engine.frontend.convert import convert
-    from engine.frontend.parser import parse
+    from engine.frontend import convcache
+
+    def still_valid(conversion: Any) -> bool:
+        lookups = conversion[2]
+        return all(resolve_image(*args) == answer for _, args, answer in lookups)
 
     key = _conversion_key(text, name, options)
     with _converted_lock:
         found = _CONVERTED.get(key)
-    if found is not None:
-        definition, names, made = found
-        if all(resolve_image(*args) == answer for _, args, answer in made):
-            return definition, names
+    if found is not None and still_valid(found):
+        return found[0], found[1]
+    file_key = convcache.entry_key(key)
+    stored = convcache.load(root, file_key)
+    if _is_conversion(stored) and still_valid(stored):
+        _remember(key, stored)
+        return stored[0], stored[1]
+
+    from engine.explain import arg_names
+    from engine.frontend.convert import convert
+    from engine.frontend.parser import parse
+
     lookups: list[tuple[str, Any, Any]] = []
     remember = True
 
@@ -435,12 +451,29 @@ def _converted(
     except Exception:  # for explain only, which must never fail the build it describes
         names = None
     if remember:
-        with _converted_lock:
-            _CONVERTED.pop(key, None)
-            _CONVERTED[key] = (definition, names, tuple(lookups))
-            while len(_CONVERTED) > _CONVERTED_MAX:
-                del _CONVERTED[next(iter(_CONVERTED))]
+        conversion: _Conversion = (definition, names, tuple(lookups))
+        _remember(key, conversion)
+        convcache.save(root, file_key, conversion)
     return definition, names
+
+
+def _is_conversion(value: Any) -> TypeGuard[_Conversion]:
+    return (
+        isinstance(value, tuple)
+        and len(value) == 3
+        and isinstance(value[0], Definition)
+        and (value[1] is None or isinstance(value[1], frozenset))
+        and isinstance(value[2], tuple)
+        and all(isinstance(x, tuple) and len(x) == 3 and x[0] == "image" for x in value[2])
+    )
+
+
+def _remember(key: tuple[Any, ...], conversion: _Conversion) -> None:
+    with _converted_lock:
+        _CONVERTED.pop(key, None)
+        _CONVERTED[key] = conversion
+        while len(_CONVERTED) > _CONVERTED_MAX:
+            del _CONVERTED[next(iter(_CONVERTED))]
 
 
 def _lazy_context_resolver(images: Any) -> Any:

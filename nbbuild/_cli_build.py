@@ -70,6 +70,20 @@ def register(sub: Any, key_value: Any) -> None:
     p.set_defaults(run=_cmd_build)
 
 
+def store_root(explicit: str | None) -> Path:
+    """``--root`` > ``NBBUILD_ROOT`` > ``~/.cache/nbbuild``: engine.plan.default_store_root's
+    rule, without importing engine.plan (and with it the Dockerfile parser and converter,
+    which a build of a remembered conversion does not load)."""
+    import os
+
+    if explicit:
+        return Path(explicit)
+    env = os.environ.get("NBBUILD_ROOT")
+    if env:
+        return Path(env)
+    return Path.home() / ".cache" / "nbbuild"
+
+
 def _check_platform(value: str | None) -> None:
     from engine.errors import UsageError
     from engine.frontend.convert import host_platform
@@ -92,7 +106,6 @@ def _cmd_build(args: argparse.Namespace) -> int:
     from engine.build import BuildRequest, OutputSpec, build
     from engine.errors import BuildCanceled, UsageError
     from engine.events import QueueReporter
-    from engine.plan import default_store_root
     from nbbuild.cli import _read_dockerfile
     from nbbuild.progress import open_renderer, pump
 
@@ -134,7 +147,7 @@ def _cmd_build(args: argparse.Namespace) -> int:
     def work() -> None:
         try:
             outcome["result"] = build(
-                request, root=default_store_root(args.root), reporter=queue, cancel=cancel
+                request, root=store_root(args.root), reporter=queue, cancel=cancel
             )
         except BaseException as exc:  # handed to the main thread
             outcome["error"] = exc
