@@ -244,9 +244,9 @@ _OUTSIDE_COMMANDS = frozenset({None, "plan", "doctor"})
 
 def _rootless(argv: Sequence[str] | None) -> int | None:
     """For a normal user: move this process into a user namespace before the command touches
-    the store (snapshot files belong to the user's subordinate IDs), or, in a process with
-    threads (``%nbbuild cache prune`` in a kernel), run the whole command in a helper that is
-    inside one. Returns the exit code when the helper ran it, None to go on here. Where no
+    the store (snapshot files belong to the user's subordinate IDs), or, when ``main`` was
+    called by another program (``%nbbuild cache prune`` in a kernel), run the whole command in
+    a helper that is inside one. Returns the exit code when the helper ran it, None to go on here. Where no
     namespace can be made, the command goes on as the user and fails clearly if it must."""
     import os
 
@@ -257,7 +257,10 @@ def _rootless(argv: Sequence[str] | None) -> int | None:
 
     from engine.userns.errors import UsernsUnavailable
 
-    if threading.active_count() > 1:
+    # In-process only when this process *is* the CLI (the console script: argv None); a caller
+    # of main(argv) - the notebook's %nbbuild, a test - must keep its own namespace, as must a
+    # process with threads: the command runs in a helper inside one instead.
+    if threading.active_count() > 1 or argv is not None:
         from engine.userns.forward import forward
 
         args = list(argv) if argv is not None else sys.argv[1:]
