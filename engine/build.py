@@ -182,7 +182,6 @@ def build(
         )
         return result
     from engine.executor.runtime import find_runtime
-    from engine.frontend.namedcontext import prepare_contexts
     from engine.images.store import ImageStore, normalize_name, resolver
 
     reporter = reporter or NullReporter()
@@ -195,7 +194,11 @@ def build(
             normalize_name(part)  # a bad --tag fails before the build, not after it
     # Named contexts are checked before the build, as buildx does (a relative path is relative
     # to the working directory).
-    build_contexts = prepare_contexts(request.build_contexts)
+    build_contexts: dict[str, str] = {}
+    if request.build_contexts:
+        from engine.frontend.namedcontext import prepare_contexts
+
+        build_contexts = prepare_contexts(request.build_contexts)
     build_id = os.urandom(16).hex()  # uuid4's randomness, without importing uuid (platform)
     store = Store.open(root)
     try:
@@ -621,10 +624,10 @@ def _reasons(
     definition: Definition,
 ) -> dict[str, str]:
     """One line per step that ran saying why (engine.explain); {} if explaining fails."""
+    if build_arg_names is None or all(r.status in ("cached", "skipped") for r in records):
+        return {}  # (nothing ran: nothing to explain, and engine.explain is not loaded)
     from engine.explain import explain
 
-    if build_arg_names is None:
-        return {}
     try:
         explained = explain(
             records,

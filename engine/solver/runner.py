@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import collections
 import shutil
-import tempfile
 import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -121,6 +120,8 @@ class OpRunner:
         return self.images.get(op.ref) is not None
 
     def fetch(self, op: HttpSource | GitSource) -> tuple[Path, CacheMap]:
+        import tempfile  # (with random): only for a download or a checkout
+
         from engine.sources import git as gitsrc
         from engine.sources import http as httpsrc
 
