@@ -2,7 +2,7 @@
 PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
-APT_PACKAGES := git graphviz busybox-static crun runc chromium uidmap
+APT_PACKAGES := git graphviz busybox-static crun runc chromium uidmap proot
 
 .PHONY: setup apt venv test lint typecheck unit demo notebooks clean bench
 

@@ -133,7 +133,9 @@ class BuildResult:
     reasons: Mapping[str, str] = field(default_factory=dict)
     # what runs RUN steps here, as BuildKit names its worker: "oci: crun" as root,
     # "oci: runc, rootless (0→1001, 1-65536→100000-165535)" in a user namespace; RUN steps
-    # that ran over copies add ", snapshotter: native (copy; overlayfs refused here)"
+    # that ran over copies add ", snapshotter: native (copy; overlayfs refused here)"; where no
+    # user namespace can be made, "proot (degraded: filesystem view only, not a security
+    # boundary; …)" (engine.userns.degraded)
     worker: str = ""
 
     def step(self, name_prefix: str) -> StepResult:
@@ -172,7 +174,15 @@ def build(
     """
     from engine.userns.namespace import mode
 
-    if mode() == "outside":
+    outside = mode() == "outside"
+    degraded = False
+    if outside:
+        from engine.userns.degraded import active
+
+        # Where no user namespace can be made, the degraded PRoot worker builds here, in
+        # process (engine.userns.degraded), when proot is installed and not turned off.
+        degraded = active()
+    if outside and not degraded:
         # Not root: the build runs as root of a user namespace, in a helper process (snapshot
         # files then belong to the user's subordinate IDs, which only the namespace may touch).
         from engine.userns.forward import forward
@@ -226,6 +236,8 @@ def build(
         # must not leave half a build behind (nor reuse a cached host-network step).
         epoch = _source_date_epoch(definition.source_date_epoch)
         _check_entitlements(definition, request.allow)
+        if degraded:
+            _check_degraded(definition)
         hasher = ContextHasher(
             dockerfile_path=request.dockerfile_path,
             extra_excludes=request.context_excludes,
@@ -268,7 +280,7 @@ def build(
                 runner = OpRunner(
                     store,
                     images,
-                    lambda: _executor(find_runtime),
+                    _proot_executor if degraded else lambda: _executor(find_runtime),
                     allow=request.allow,
                     filename=request.dockerfile_name,
                     on_log=on_log,
@@ -358,7 +370,7 @@ def build(
                     tags=request.tags,
                     descriptor=descriptor,
                     reasons=reasons,
-                    worker=_worker(find_runtime, store.tmp_dir),
+                    worker=_degraded_worker() if degraded else _worker(find_runtime, store.tmp_dir),
                 )
         finally:
             hasher.close()
@@ -503,6 +515,41 @@ def _executor(find_runtime: Any) -> Any:
         return OciExecutor(find_runtime())
     except NbbuildError:
         return None
+
+
+def _proot_executor() -> Any:
+    """The degraded worker's executor (PRoot over copies of the layers), None where it
+    cannot start; its first step's log says what it is."""
+    from engine.executor.proot import ProotExecutor
+    from engine.userns.degraded import WARNING
+
+    try:
+        return ProotExecutor(banner=WARNING)
+    except NbbuildError:
+        return None
+
+
+def _degraded_worker() -> str:
+    from engine.userns.degraded import WORKER
+
+    return WORKER
+
+
+def _check_degraded(definition: Definition) -> None:
+    """What the degraded PRoot worker cannot do, refused before anything runs (as BuildKit
+    checks entitlements): ``--network=none`` (PRoot shares the host's network) and
+    ``--security=insecure``."""
+    from engine.graph.ops import ExecOp
+    from engine.userns.degraded import refusal
+
+    for vertex in definition.vertices:
+        op = vertex.op
+        if isinstance(op, ExecOp):
+            error = refusal(
+                vertex.meta.name, network=op.network, insecure=op.security == "insecure"
+            )
+            if error is not None:
+                raise error
 
 
 def _worker(find_runtime: Any, snapshots: Path | None = None) -> str:

@@ -18,7 +18,9 @@ needs fixing:
   RUN steps run over copies of the layers (:mod:`engine.snapshot.snapshotter`): a warning;
 - **runtimes**: crun, runc and bwrap with their versions, and which one RUN uses;
 - **sandbox**: which executor and runtime a build uses here (root: crun or runc; rootless:
-  runc in a user namespace), or why RUN steps are refused;
+  runc in a user namespace; where user namespaces are refused and ``proot`` is installed, the
+  degraded PRoot worker, :mod:`engine.userns.degraded`, tried for real), or why RUN steps are
+  refused;
 - **cgroups**: the layout (v2, v1, hybrid) and what nbbuild does about it;
 - **graphviz**: ``dot`` for SVG graphs (without it graphs are drawn as text and HTML);
 - **store**: where the store is and why there, its size, filesystem (network filesystems
@@ -40,7 +42,7 @@ import stat
 import subprocess
 import sys
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal, TypeAlias
 
@@ -190,6 +192,11 @@ class Report:
         problems = self.problems
         if not problems:
             return "This host can build: every check passed."
+        if self["sandbox"].found.startswith("degraded"):
+            return (
+                "This host can build, degraded: RUN steps run under PRoot (a filesystem view, "
+                f"not a security boundary); {len(problems)} limit(s) above."
+            )
         return f"This host can build; {len(problems)} limit(s) above."
 
     def to_json(self) -> list[dict[str, str]]:
@@ -766,11 +773,93 @@ def _missing_tools() -> list[str]:
     return [tool for tool in ("unshare", "setpriv") if shutil.which(tool) is None]
 
 
+def _degraded_state(mode: _Mode, userns: Finding, real: bool) -> tuple[str, str] | None:
+    """Where user namespaces are refused to this (real) process: ``("", proot)`` when the
+    degraded PRoot worker runs builds, ``(why not, "")`` when it does not; None elsewhere (a
+    described host, root, or a namespace that works)."""
+    if not real or mode != "outside" or userns.status == "ok":
+        return None
+    from engine.userns import degraded
+
+    if degraded.disabled():
+        return f"{degraded.ENV}=0 turns it off", ""
+    proot = degraded.proot_path()
+    if proot is None:
+        return "proot is not installed", ""
+    return "", proot
+
+
+def _proot_version(proot: str) -> str:
+    done = _run([proot, "-V"])
+    for line in (done.stdout + done.stderr if done is not None else "").splitlines():
+        words = line.split()
+        if words and words[-1][:1].isdigit() and "." in words[-1]:
+            return words[-1]
+    return ""
+
+
+def _try_proot(proot: str) -> str:
+    """Run ``/bin/true`` under PRoot: "" when that works, else why not (ptrace refused…)."""
+    done = _run([proot, "-v", "-1", "-0", "/bin/true"], env={"PATH": "/usr/bin:/bin"})
+    if done is None:
+        return "proot could not be run"
+    if done.returncode != 0:
+        return _last_line(done.stderr) or f"proot exited with {done.returncode}"
+    return ""
+
+
+def _degraded_sandbox(state: tuple[str, str]) -> Finding:
+    from engine.userns.degraded import ENV, LIMITS
+
+    why_not, proot = state
+    refused = "RUN steps are refused with a clear error; plan, cache keys, explain and what-if work"
+    if why_not:
+        fix = (
+            f"unset {ENV} to run builds degraded under PRoot (not a security boundary), or "
+            "allow user namespaces (see the user namespaces line)"
+            if why_not.startswith(ENV)
+            else "see the user namespaces line (or build as root); or install proot "
+            "(apt-get install proot) to run builds degraded (not a security boundary)"
+        )
+        return Finding("sandbox", "fail", f"refused: no user namespace ({why_not})", refused, fix)
+    broken = _try_proot(proot)
+    version = _proot_version(proot)
+    named = f"proot {version}".strip() + f" ({proot})"
+    if broken:
+        return Finding(
+            "sandbox",
+            "fail",
+            f"refused: no user namespace, and {named} cannot trace here: {broken}",
+            refused,
+            "see the user namespaces line; PRoot needs ptrace (a seccomp profile or "
+            "kernel.yama.ptrace_scope=3 can refuse it)",
+        )
+    return Finding(
+        "sandbox",
+        "warn",
+        f"degraded: {named}, no user namespace ({LIMITS})",
+        "RUN steps run under PRoot over a copy of their layers: each step gets its own root "
+        "filesystem, but that is a view, not a security boundary; steps share the host's "
+        "network (RUN --network=none is refused), processes and hostname; owners are squashed "
+        "to root (chown is ignored: every file of the store is yours, and reads as root's in "
+        "images, exports and keys); builds run in this process, on a store of their own",
+        "allow user namespaces (see the user namespaces line) for isolated rootless builds; "
+        f"{ENV}=0 refuses RUN steps instead",
+    )
+
+
 def _sandbox(
-    mode: _Mode, chosen: Runtime | None, userns: Finding, idmap: Finding, real: bool
+    mode: _Mode,
+    chosen: Runtime | None,
+    userns: Finding,
+    idmap: Finding,
+    real: bool,
+    degraded: tuple[str, str] | None = None,
 ) -> Finding:
     refused = "RUN steps are refused with a clear error; plan, cache keys, explain and what-if work"
     if mode == "outside":
+        if degraded is not None:
+            return _degraded_sandbox(degraded)
         if userns.status != "ok":
             return Finding(
                 "sandbox",
@@ -1050,13 +1139,29 @@ def probe(
     found = detect_runtimes()
     chosen = _chosen_runtime(mode, found, real)
     layout = _layout(proc)
+    degraded = _degraded_state(mode, userns, real)
+    sandbox = _sandbox(mode, chosen, userns, idmap, real, degraded)
+    user = _user(euid, mode, proc)
+    if sandbox.found.startswith("degraded"):
+        # The degraded PRoot worker builds here: say so where the refusal was said.
+        user = replace(
+            user,
+            meaning="builds run degraded under PRoot (see the sandbox line), in this process: "
+            "every file of the store is yours",
+        )
+        userns = replace(
+            userns,
+            status="warn",
+            meaning="builds run degraded under PRoot (see the sandbox line): not isolated as "
+            "rootless builds are",
+        )
     findings: list[Finding] = [
-        _user(euid, mode, proc),
+        user,
         userns,
         idmap,
         _overlay(root, proc, euid, mode, userns_ok),
         _runtimes(found, chosen, mode, layout),
-        _sandbox(mode, chosen, userns, idmap, real),
+        sandbox,
         _cgroups(layout, mode),
         _dot(),
         _store(root, root_source, proc, euid, mode, real),

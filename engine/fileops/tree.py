@@ -2,7 +2,9 @@
 
 * :class:`LayerTree` — a result's chain of layer directories merged with overlayfs's rules
   (whiteouts, opaque directories, a non-directory hiding a directory below), read without
-  mounting. Owners count as they are and the root's own header counts, as for BuildKit's refs.
+  mounting. Owners count as they are and the root's own header counts, as for BuildKit's refs
+  (under the degraded PRoot worker, the user's own uid/gid count as 0: owners are squashed to
+  root, :func:`engine.userns.ownership.squashed`).
 * :class:`DirTree` — a plain directory (a downloaded file, a git checkout): read like the
   build context, without ``.dockerignore``, owners normalised to 0:0.
 * :class:`EmptyTree` — ``scratch``: a root directory and nothing else.
@@ -41,6 +43,16 @@ OVERLAY_XATTR_PREFIXES = ("trusted.overlay.", "user.overlay.")
 def content_xattrs(xattrs: dict[str, bytes]) -> dict[str, bytes]:
     """``xattrs`` without overlayfs's own attributes."""
     return {k: v for k, v in xattrs.items() if not k.startswith(OVERLAY_XATTR_PREFIXES)}
+
+
+def _squashed(st: os.stat_result) -> os.stat_result:
+    """``st`` with owners as results count them: under the degraded PRoot worker the user's
+    own uid/gid read as 0 (:func:`engine.userns.ownership.squashed`); else ``st`` itself."""
+    if st.st_uid == 0 and st.st_gid == 0:
+        return st
+    from engine.userns.ownership import squashed as squash
+
+    return squash(st)
 
 
 def _lstat(path: str) -> os.stat_result | None:
@@ -115,7 +127,7 @@ class LayerTree:
             st = _lstat(top)
             if st is None:
                 raise FileOpError(f"layer {top} does not exist")
-            result = (top, st)
+            result = (top, _squashed(st))
         else:
             parent, _, name = rel.rpartition("/")
             for pdir in self._dir_hosts(parent) or ():
@@ -124,7 +136,7 @@ class LayerTree:
                 if st is None:
                     continue
                 if not is_whiteout(st):
-                    result = (path, st)
+                    result = (path, _squashed(st))
                 break
         self._entries[rel] = result
         return result

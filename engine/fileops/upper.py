@@ -132,7 +132,8 @@ class Upper:
         (often ``0700``) must look like the image's root, or ``scratch``'s ``0755 root:root``.
         """
         if self.lower is None:
-            os.chown(self.out, 0, 0)  # root: mapped in every namespace
+            # root: mapped in every namespace (and the user, seen as root, without one)
+            ownership.chown(self.out, 0, 0, what="the root directory needs {id}")
             os.chmod(self.out, 0o755)
             return
         st = self.lower.lstat("")

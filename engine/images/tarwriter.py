@@ -294,6 +294,11 @@ def entry_for(
     mode = st.st_mode
     if stat.S_ISSOCK(mode):
         return None
+    if st.st_uid or st.st_gid:
+        # the degraded PRoot worker's files are the user's, read as root's (owners squashed)
+        from engine.userns.ownership import squashed
+
+        st = squashed(st)
     entry = TarEntry(
         name=name,
         typeflag=b"0",

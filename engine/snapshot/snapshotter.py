@@ -10,7 +10,8 @@ The choice is made once per process and filesystem, when the first RUN step need
 ``unshare --mount`` mounts an overlay of tiny directories inside the step's scratch dir (the
 store's filesystem) with the options steps use, writes a file through it and is gone, with its
 mount (a few milliseconds). ``NBBUILD_SNAPSHOTTER=overlay`` or ``=native`` forces one (``auto``
-or unset: probe). A build that used the copy says so in ``BuildResult.worker``.
+or unset: probe). A build that used the copy says so in ``BuildResult.worker``. The degraded
+PRoot worker (:mod:`engine.userns.degraded`: no user namespace, so no mount) always copies.
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ if TYPE_CHECKING:
 __all__ = ["ENV", "Choice", "Kind", "choose", "chosen", "forced", "probe_overlay", "run_step"]
 
 ENV = "NBBUILD_SNAPSHOTTER"
+DEGRADED_REASON = "the degraded PRoot worker cannot mount overlayfs (no user namespace)"
 Kind: TypeAlias = Literal["overlay", "native"]
 
 # $1: the mount point, then mount(8)'s argv. The mount dies with the namespace.
@@ -84,6 +86,9 @@ def forced() -> Kind | None:
 def choose(scratch: Path) -> Choice:
     """The snapshotter for a step whose scratch dir (empty, on the store's filesystem) is
     ``scratch``; probed once per process and filesystem (see the module doc)."""
+    if _degraded():
+        # No mount namespace to mount anything in: the PRoot worker runs over copies.
+        return Choice("native", DEGRADED_REASON)
     kind = forced()
     if kind is not None:
         return Choice(kind, f"{ENV}={kind}")
@@ -105,6 +110,8 @@ def choose(scratch: Path) -> Choice:
 def chosen(where: Path) -> Choice | None:
     """The choice already made for ``where``'s filesystem (forced, or probed by a step of
     this process); None when no step has needed one. Never probes."""
+    if _degraded():
+        return Choice("native", DEGRADED_REASON)
     try:
         kind = forced()
     except SnapshotError:
@@ -117,6 +124,14 @@ def chosen(where: Path) -> Choice | None:
         return None
     with _lock:
         return _probed.get(device)
+
+
+def _degraded() -> bool:
+    if os.geteuid() == 0:
+        return False
+    from engine.userns.degraded import active
+
+    return active()
 
 
 def probe_overlay(scratch: Path) -> str:

@@ -42,6 +42,7 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NoReturn
 
 from engine.errors import StoreError
 from engine.store import history
@@ -73,6 +74,9 @@ __all__ = [
 
 _ID = re.compile(r"[0-9a-z]{1,64}")
 TMP_DIRNAME = "tmp"
+# overlay_xattrs of a store made by the degraded PRoot worker (engine.userns.degraded); root's
+# is "trusted", a rootless build's "user"
+_DEGRADED = "degraded"
 
 
 @dataclass(frozen=True, slots=True)
@@ -123,6 +127,7 @@ class Store:
         self.snapshots_dir = root / "snapshots"
         self.tmp_dir = self.snapshots_dir / TMP_DIRNAME
         self.quarantine_dir = root / "quarantine"
+        self._degraded_claimed = False
         for d in (self.snapshots_dir, self.tmp_dir):
             try:
                 d.mkdir(mode=0o700, exist_ok=True)
@@ -144,15 +149,19 @@ class Store:
             if not _outside_namespace():
                 store._check_flavour()
                 store.sweep()
+            elif _degraded() and store._flavour() == _DEGRADED:
+                # The degraded PRoot worker's store: every file is the user's to remove.
+                store.sweep()
         except BaseException:
             db.close()
             raise
         return store
 
     def _check_flavour(self) -> None:
-        """Refuse a store whose layers were made in the other mode (root / rootless): their
-        opaque-directory markers are xattrs of a namespace this mode's overlays do not read,
-        so deleted directories would silently come back."""
+        """Refuse a store whose layers were made in another mode (root / rootless / the
+        degraded PRoot worker): their opaque-directory markers are xattrs of a namespace this
+        mode's overlays do not read, so deleted directories would silently come back (and a
+        degraded store's files all belong to one user)."""
         from engine.userns.namespace import mode
 
         here = "trusted" if mode() == "root" else "user"
@@ -162,13 +171,48 @@ class Store:
                 conn.execute("INSERT INTO settings VALUES ('overlay_xattrs', ?)", (here,))
                 return
         if row[0] != here:
-            made = "real root" if row[0] == "trusted" else "a rootless build (a user namespace)"
-            now = "as real root" if here == "trusted" else "in a user namespace (rootless)"
-            raise StoreError(
-                f"the store at {self.root} was made by {made} and cannot be used {now}: "
-                "their layers mark deleted directories differently; point NBBUILD_ROOT (or "
-                "--root) at another directory"
-            )
+            self._refuse(row[0], here)
+
+    def _flavour(self) -> str | None:
+        """The mode that made this store's layers (``overlay_xattrs``), None if not yet set."""
+        with self.db.transaction() as conn:
+            row = conn.execute("SELECT value FROM settings WHERE key = 'overlay_xattrs'").fetchone()
+        return None if row is None else str(row[0])
+
+    def _claim_degraded(self) -> None:
+        """Before the degraded PRoot worker writes its first layer: the store must be one of
+        its own (files the user owns, owners squashed to root), or a new one, which becomes
+        one. Read-only uses (plan, history, explain, what-if) never claim a store."""
+        if self._degraded_claimed:
+            return
+        with self.db.transaction() as conn:
+            row = conn.execute("SELECT value FROM settings WHERE key = 'overlay_xattrs'").fetchone()
+            if row is None:
+                conn.execute("INSERT INTO settings VALUES ('overlay_xattrs', ?)", (_DEGRADED,))
+        if row is not None and row[0] != _DEGRADED:
+            self._refuse(str(row[0]), _DEGRADED)
+        self._degraded_claimed = True
+
+    def _refuse(self, made_by: str, here: str) -> NoReturn:
+        made = {
+            "trusted": "real root",
+            "user": "a rootless build (a user namespace)",
+            _DEGRADED: "the degraded PRoot worker (no user namespace; owners squashed to root)",
+        }.get(made_by, f"an unknown mode ({made_by!r})")
+        now = {
+            "trusted": "as real root",
+            "user": "in a user namespace (rootless)",
+            _DEGRADED: "by the degraded PRoot worker",
+        }[here]
+        why = (
+            "its files all belong to one user, with owners squashed to root"
+            if _DEGRADED in (made_by, here)
+            else "their layers mark deleted directories differently"
+        )
+        raise StoreError(
+            f"the store at {self.root} was made by {made} and cannot be used {now}: {why}; "
+            "point NBBUILD_ROOT (or --root) at another directory"
+        )
 
     def close(self) -> None:
         self.db.close()
@@ -216,16 +260,20 @@ class Store:
     def new_diff_dir(self, lease: Lease) -> Path:
         """A fresh, empty directory under ``snapshots/tmp`` to write one diff into."""
         if _outside_namespace():
-            # Snapshot files must belong to the build's user namespace: made out here as the
-            # user, their owners would be wrong (and chown refused): say why, not EPERM.
-            from engine.userns.errors import UsernsUnavailable
-            from engine.userns.forward import NO_USERNS_HINT
-            from engine.userns.namespace import userns_error
+            if _degraded():
+                self._claim_degraded()  # the PRoot worker's own store (engine.userns.degraded)
+            else:
+                # Snapshot files must belong to the build's user namespace: made out here as
+                # the user, their owners would be wrong (and chown refused): say why, not EPERM.
+                from engine.userns.degraded import hint
+                from engine.userns.errors import UsernsUnavailable
+                from engine.userns.forward import NO_USERNS_HINT
+                from engine.userns.namespace import userns_error
 
-            raise UsernsUnavailable(
-                f"cannot write snapshots outside a user namespace "
-                f"({userns_error() or 'none was entered'}); {NO_USERNS_HINT}"
-            )
+                raise UsernsUnavailable(
+                    f"cannot write snapshots outside a user namespace "
+                    f"({userns_error() or 'none was entered'}); {NO_USERNS_HINT}{hint()}"
+                )
         snapshot_id = new_id()
         try:
             with self.db.transaction() as conn:
@@ -617,6 +665,13 @@ def _listdir(path: Path) -> list[str]:
         return os.listdir(path)
     except FileNotFoundError:
         return []
+
+
+def _degraded() -> bool:
+    """Builds of this (unprivileged) process run under the degraded PRoot worker."""
+    from engine.userns.degraded import active
+
+    return active()
 
 
 def _outside_namespace() -> bool:

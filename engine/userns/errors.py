@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from engine.executor.errors import CapabilityError
 
-__all__ = ["IdMappingError", "UsernsUnavailable"]
+__all__ = ["DegradedUnsupported", "IdMappingError", "UsernsUnavailable"]
 
 SETUP_HINT = (
     "rootless builds need a subordinate ID range: install Debian's uidmap "
@@ -25,3 +25,8 @@ class IdMappingError(CapabilityError):
     def __init__(self, what: str) -> None:
         self.what = what
         super().__init__(f"{what}, but this rootless build maps only your own ID: {SETUP_HINT}")
+
+
+class DegradedUnsupported(CapabilityError):
+    """A step asks for what the degraded PRoot worker cannot give (no user namespace, so no
+    network namespace for ``--network=none`` and no privileges for ``--security=insecure``)."""

@@ -32,5 +32,7 @@ def forward(target: str, *args: Any, **kwargs: Any) -> Any:
     try:
         return call(target, *args, **kwargs)
     except UsernsUnavailable as exc:
+        from engine.userns.degraded import hint
+
         action = _ACTIONS.get(target, "cannot build")
-        raise UsernsUnavailable(f"{action}: {exc}; {NO_USERNS_HINT}") from None
+        raise UsernsUnavailable(f"{action}: {exc}; {NO_USERNS_HINT}{hint()}") from None

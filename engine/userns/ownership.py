@@ -15,6 +15,12 @@ not:
 
 Both try the operation first and look at the namespace only when it failed, so the root path
 costs no extra system call.
+
+Without any user namespace, under the degraded PRoot worker (:mod:`engine.userns.degraded`),
+every file belongs to the user and owners are *squashed to root*: :func:`chown` does nothing
+(not even a chown to a supplementary group of the user, which would put a real gid on disk),
+:func:`mknod` skips devices, and :func:`squashed` is what readers of owners for outputs and
+keys see: the user's own uid and gid as 0.
 """
 
 from __future__ import annotations
@@ -26,7 +32,7 @@ import stat
 from engine.executor.errors import CapabilityError
 from engine.userns.errors import IdMappingError
 
-__all__ = ["IdRangeError", "chown", "is_device", "mknod", "unmapped_error"]
+__all__ = ["IdRangeError", "chown", "is_device", "mknod", "squashed", "unmapped_error"]
 
 _UNCHANGED = (-1, 0xFFFFFFFF)  # chown(2)'s "leave this one as it is"
 
@@ -92,6 +98,8 @@ def chown(
         IdMappingError: this is a user namespace that does not map ``uid`` or ``gid``.
         OSError: any other failure, as ``os.chown`` raised it.
     """
+    if _squashing():
+        return  # the degraded worker: every owner is the user's, seen as root (module doc)
     try:
         if isinstance(target, int):
             os.fchown(target, uid, gid)
@@ -124,10 +132,49 @@ def mknod(path: str | bytes | os.PathLike[str], mode: int, device: int = 0) -> b
             raise
         from engine.userns.namespace import mode as ns_mode
 
-        if ns_mode() != "inside":
+        if ns_mode() != "inside" and not _squashing():
             raise
         return False
     return True
+
+
+def _squashing() -> bool:
+    """Owners are squashed to root here (the degraded worker); False at once as root."""
+    if os.geteuid() == 0:
+        return False
+    from engine.userns.degraded import active
+
+    return active()
+
+
+def squashed(st: os.stat_result) -> os.stat_result:
+    """``st`` as readers of owners for outputs and keys must see it: under the degraded
+    worker, the user's own uid and gid read as 0 (a root-owned tree); anywhere else ``st``
+    itself."""
+    uid, gid = st.st_uid, st.st_gid
+    if (uid == 0 and gid == 0) or not _squashing():
+        return st
+    me, my_group = os.getuid(), os.getgid()
+    if uid != me and gid != my_group:
+        return st
+    fields = list(st[:10])  # mode, ino, dev, nlink, uid, gid, size, atime, mtime, ctime
+    fields[4] = 0 if uid == me else uid
+    fields[5] = 0 if gid == my_group else gid
+    extra = {name: getattr(st, name) for name in _STAT_EXTRA if hasattr(st, name)}
+    return os.stat_result(fields, extra)
+
+
+_STAT_EXTRA = (
+    "st_atime",
+    "st_mtime",
+    "st_ctime",
+    "st_atime_ns",
+    "st_mtime_ns",
+    "st_ctime_ns",
+    "st_blksize",
+    "st_blocks",
+    "st_rdev",
+)
 
 
 def is_device(mode: int, device: int) -> bool:
