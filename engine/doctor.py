@@ -822,6 +822,15 @@ def _degraded_sandbox(state: tuple[str, str]) -> Finding:
             "(apt-get install proot) to run builds degraded (not a security boundary)"
         )
         return Finding("sandbox", "fail", f"refused: no user namespace ({why_not})", refused, fix)
+    if shutil.which("setpriv") is None:
+        return Finding(
+            "sandbox",
+            "fail",
+            "refused: no user namespace, and setpriv (util-linux) not found for the degraded "
+            "PRoot worker",
+            refused,
+            "apt-get install util-linux",
+        )
     broken = _try_proot(proot)
     version = _proot_version(proot)
     named = f"proot {version}".strip() + f" ({proot})"
