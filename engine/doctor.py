@@ -703,10 +703,11 @@ def _overlay(root: Path, proc: Path, euid: int, mode: _Mode, userns_ok: bool) ->
 
 
 def _preference(mode: _Mode) -> tuple[str, ...]:
-    """The OCI runtimes a build tries, best first (engine.executor.runtime's rule): crun then
-    runc as real root; runc then crun in a user namespace (crun 1.8 fails there on a cgroup
-    v1 hybrid host)."""
-    return ("crun", "runc") if mode == "root" else ("runc", "crun")
+    """The OCI runtimes a build tries, best first: the executor's own rule
+    (:func:`engine.executor.runtime.default_preference`), the same in every mode."""
+    from engine.executor.runtime import default_preference
+
+    return default_preference()
 
 
 def _chosen_runtime(mode: _Mode, found: list[Runtime], real: bool) -> Runtime | None:
@@ -756,15 +757,6 @@ def _runtimes(found: list[Runtime], chosen: Runtime | None, mode: _Mode, layout:
         )
     how = "as root" if mode == "root" else "in a user namespace"
     meaning = f"RUN steps use {chosen.name} ({chosen.path}) {how}"
-    names = {r.name for r in found}
-    if mode != "root" and chosen.name == "crun" and "runc" not in names and layout == "hybrid":
-        return Finding(
-            "runtimes",
-            "warn",
-            listed,
-            meaning + "; crun 1.8 fails rootless on a cgroup v1 hybrid host like this one",
-            "apt-get install runc",
-        )
     return Finding("runtimes", "ok", listed, "; ".join([meaning, *notes]))
 
 
@@ -956,10 +948,9 @@ def _cgroups(layout: str, mode: _Mode) -> Finding:
             "cgroups",
             "info",
             "v1 with a v2 'unified' hierarchy (hybrid)",
-            "crun 1.8 fails rootless on this layout, so rootless builds use runc, without cgroups"
-            if rootless
-            else "crun 1.8 refuses this layout; nbbuild hides the unified hierarchy inside "
-            "each step's private namespace",
+            "crun 1.8 refuses this layout; nbbuild hides the unified hierarchy inside each "
+            "step's private namespace"
+            + ("; rootless steps run without cgroup limits" if rootless else ""),
         )
     if layout == "v1":
         return Finding(
