@@ -43,11 +43,15 @@ class StatKey:
         return cls(st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_mode)
 
 
-@dataclass(frozen=True, slots=True)
-class _Entry:
-    key: StatKey
-    digest: str
-    recorded_ns: int
+# An entry, kept as plain tuples (a context of thousands of files loads thousands of rows):
+# ((dev, ino, size, mtime_ns, ctime_ns, mode), digest, recorded_ns); the key's fields are
+# StatKey's, in its order.
+_Key = tuple[int, int, int, int, int, int]
+_Entry = tuple[_Key, str, int]
+
+
+def _key_of(st: os.stat_result) -> _Key:
+    return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_mode)
 
 
 class StatCache:
@@ -71,18 +75,16 @@ class StatCache:
         upper = prefix[:-1] + b"0"
 
         def load() -> dict[bytes, _Entry]:
-            entries: dict[bytes, _Entry] = {}
             with self.db.reading() as conn:
                 rows = conn.execute(
                     "SELECT path, dev, ino, size, mtime_ns, ctime_ns, mode, digest, recorded_ns "
                     "FROM stat_cache WHERE path >= ? AND path < ?",
                     (prefix, upper),
                 ).fetchall()
-            for path, dev, ino, size, mtime_ns, ctime_ns, mode, digest, recorded in rows:
-                entries[bytes(path)] = _Entry(
-                    StatKey(dev, ino, size, mtime_ns, ctime_ns, mode), digest, recorded
-                )
-            return entries
+            return {
+                bytes(path): ((dev, ino, size, mtime_ns, ctime_ns, mode), digest, recorded)
+                for path, dev, ino, size, mtime_ns, ctime_ns, mode, digest, recorded in rows
+            }
 
         # The rows are read in one query, at the first lookup: a run whose files are all
         # known to the process (checksum._FILE_DIGESTS) reads none.
@@ -95,9 +97,8 @@ class StatCache:
                     "(path, dev, ino, size, mtime_ns, ctime_ns, mode, digest, recorded_ns) "
                     "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
                     [
-                        (p, e.key.dev, e.key.ino, e.key.size, e.key.mtime_ns, e.key.ctime_ns,
-                         e.key.mode, e.digest, e.recorded_ns)
-                        for p, e in sess.dirty.items()
+                        (p, *key, digest, recorded)
+                        for p, (key, digest, recorded) in sess.dirty.items()
                     ],
                 )
 
@@ -132,17 +133,17 @@ class StatCacheSession:
     def lookup(self, path: str, st: os.stat_result) -> str | None:
         """The cached content digest of ``path`` if its stat is unchanged and the entry is safe."""
         entry = self._entries.get(os.fsencode(path))
-        if entry is not None and entry.key == StatKey.of(st):
+        if entry is not None and entry[0] == _key_of(st):
             changed = max(st.st_mtime_ns, st.st_ctime_ns)
-            if entry.recorded_ns - changed >= self._racy:
+            if entry[2] - changed >= self._racy:
                 self.hits += 1
-                return entry.digest
+                return entry[1]
         self.misses += 1
         return None
 
     def record(self, path: str, st: os.stat_result, digest: str) -> None:
         """Remember that ``path`` with stat ``st`` has content ``digest``."""
-        entry = _Entry(StatKey.of(st), digest, time.time_ns())
+        entry: _Entry = (_key_of(st), digest, time.time_ns())
         key = os.fsencode(path)
         self._entries[key] = entry
         self.dirty[key] = entry
