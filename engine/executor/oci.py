@@ -162,8 +162,33 @@ class OciExecutor:
         self.grace = grace
         self.recursive_stubs = recursive_stubs
         self._runtime_root = self.state_dir / f"state-{self.runtime.name}"
+        # Views of the chains recent steps ran on (see _ChainView), newest last.
+        self._views: dict[tuple[Path, ...], LayerView] = {}
+        self._views_lock = threading.Lock()
         self._hide_unified = self.runtime.name == "crun" and cgroup_layout() == "hybrid"
         self.sweep()
+
+    def _view(self, lowers: tuple[Path, ...]) -> LayerView:
+        """The merged view of ``lowers`` (bottom first); when the chain below its top layer
+        is the chain of a recent step (a build's next RUN), it answers through that step's
+        view (:class:`_ChainView`)."""
+        chain = tuple(lowers)
+        with self._views_lock:
+            below = self._views.get(chain[:-1]) if len(chain) > 1 else None
+        view: LayerView = LayerView(chain)
+        if below is not None:
+            try:
+                names = frozenset(os.listdir(chain[-1]))
+            except OSError:
+                pass
+            else:
+                view = _ChainView(chain, below, names)
+        with self._views_lock:
+            self._views.pop(chain, None)
+            self._views[chain] = view
+            while len(self._views) > _VIEWS_KEPT:
+                del self._views[next(iter(self._views))]
+        return view
 
     def sweep(self) -> int:
         """Remove bundles and runtime state left by engines that are gone (killed); returns
@@ -206,7 +231,7 @@ class OciExecutor:
     ) -> ExitResult:
         _validate(spec)
         if isinstance(rootfs, OverlayMount):
-            view = LayerView(rootfs.lowers)
+            view = self._view(rootfs.lowers)
             stub_root = rootfs.upper
         else:
             view = LayerView([rootfs])
@@ -390,6 +415,31 @@ class OciExecutor:
         # PID namespace that no longer exists, so `delete -f` from here could only hit a wrong
         # process: remove the directory instead.
         shutil.rmtree(self._runtime_root / container_id, ignore_errors=True)
+
+
+_VIEWS_KEPT = 16
+
+
+class _ChainView(LayerView):
+    """The view of a chain that is a known chain (``below``) plus one layer on top.
+
+    A layer can only change what lies under the names at its root (an entry there, a whiteout
+    of it, or an opaque directory on its way), so a path whose first component the top layer
+    does not have resolves exactly as in the chain below: that view answers, from what it
+    remembers. Consecutive RUN steps then find /etc/passwd, /etc/group and the mount points'
+    parents without walking their whole chain again (layers are immutable once committed).
+    """
+
+    def __init__(self, layers: tuple[Path, ...], below: LayerView, top_names: frozenset[str]):
+        super().__init__(layers)
+        self._below = below
+        self._top_names = top_names
+
+    def lookup(self, path: str) -> Path | None:
+        first = next((p for p in path.split("/") if p and p != "."), None)
+        if first is not None and first not in self._top_names:
+            return self._below.lookup(path)
+        return super().lookup(path)
 
 
 def _own_start_ticks() -> int:

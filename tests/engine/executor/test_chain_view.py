@@ -1,0 +1,87 @@
+"""The OCI executor's view of a chain that is a previous step's chain plus one layer answers
+every lookup exactly as a fresh view of the whole chain does (whiteouts, opaque directories,
+files over directories and symlinks in the top layer included)."""
+
+from __future__ import annotations
+
+import itertools
+import os
+import random
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from engine.executor.oci import _ChainView
+from engine.snapshot.errors import SnapshotError
+from engine.snapshot.layers import LayerView
+
+pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="whiteouts are 0:0 devices")
+
+NAMES = ("etc", "usr", "a", "b")
+
+
+def _opaque(path: Path) -> None:
+    os.setxattr(path, "trusted.overlay.opaque", b"y")
+
+
+def _layer(root: Path, rnd: random.Random) -> Path:
+    """A layer with a few random entries two levels deep."""
+    root.mkdir()
+    for first in rnd.sample(NAMES, rnd.randint(0, 3)):
+        kind = rnd.choice(["dir", "dir", "file", "whiteout", "symlink", "opaque"])
+        path = root / first
+        if kind == "file":
+            path.write_text(first)
+        elif kind == "whiteout":
+            os.mknod(path, 0o600 | 0o020000, os.makedev(0, 0))
+        elif kind == "symlink":
+            path.symlink_to(rnd.choice(["/usr", "b", "/etc/passwd"]))
+        else:
+            path.mkdir()
+            if kind == "opaque":
+                _opaque(path)
+            for second in rnd.sample(["passwd", "group", "hosts", "lib"], rnd.randint(0, 2)):
+                inner = path / second
+                if rnd.random() < 0.3:
+                    os.mknod(inner, 0o600 | 0o020000, os.makedev(0, 0))
+                elif second == "lib":
+                    inner.mkdir()
+                else:
+                    inner.write_text(f"{first}/{second} in {root.name}")
+    return root
+
+
+PATHS = [
+    "/",
+    *(f"/{a}" for a in NAMES),
+    *(f"/{a}/{b}" for a, b in itertools.product(NAMES, ["passwd", "group", "hosts", "lib", "x"])),
+    "/etc/lib/deeper",
+    "//etc/./passwd",
+]
+
+
+@pytest.mark.parametrize("seed", range(40))
+def test_a_chain_view_answers_as_a_fresh_view(tmp_path: Path, seed: int) -> None:
+    rnd = random.Random(seed)
+    layers = tuple(_layer(tmp_path / f"l{i}", rnd) for i in range(rnd.randint(2, 5)))
+    below = LayerView(layers[:-1])
+    for path in rnd.sample(PATHS, 8):  # the step below asked some paths already
+        below.lookup(path)
+    chained = _ChainView(layers, below, frozenset(os.listdir(layers[-1])))
+    fresh = LayerView(layers)
+    for path in PATHS:
+        assert chained.lookup(path) == fresh.lookup(path), path
+        for follow in (True, False):
+            assert _outcome(chained.resolve, path, follow_final=follow) == _outcome(
+                fresh.resolve, path, follow_final=follow
+            ), path
+        assert _outcome(chained.read_file, path) == _outcome(fresh.read_file, path), path
+
+
+def _outcome(fn: Callable[..., object], *args: object, **kwargs: object) -> object:
+    """What ``fn`` returns, or the error it raises (a symlink loop is an error on both)."""
+    try:
+        return fn(*args, **kwargs)
+    except SnapshotError as exc:
+        return ("error", str(exc))
