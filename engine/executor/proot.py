@@ -33,9 +33,12 @@ One run, start to end:
    watches the step's main process (PRoot's first child, through a pidfd) and, when that has
    exited, sends PRoot ``SIGQUIT``, on which PRoot kills every tracee and exits (newer PRoot's
    ``--kill-on-exit``, which Debian's 5.1 lacks). The step's exit status is the main process's
-   own, read from its pidfd (``PIDFD_GET_INFO``, Linux 6.15+); on older kernels it is PRoot's
-   (the main process's, once the others are gone, unless one exited normally in the same
-   instant). When the engine dies, ``SIGQUIT`` (the parent-death signal) does the same.
+   own: where the root filesystem has ``/bin/sh`` (every image whose RUN steps use the shell
+   form), the step runs under ``/bin/sh -c '"$@"; …'``, which writes the command's status into
+   a bound scratch directory; otherwise it is read from the main process's pidfd
+   (``PIDFD_GET_INFO``, Linux 6.15+, when the watcher got it in time), else PRoot's own (the
+   main process's, once the others are gone, unless one exited normally in the same instant).
+   When the engine dies, ``SIGQUIT`` (the parent-death signal) does the same.
 7. Cancel is a ladder like the OCI executor's: ``SIGINT``, then ``SIGTERM`` to the session (the
    step's processes; PRoot ignores both), then ``SIGQUIT`` to PRoot (``SIGKILL`` to every
    tracee), repeated until PRoot is gone.
@@ -86,6 +89,18 @@ _EXIT_CODE_OFFSET = 60
 _QUIT_EVERY = 0.5  # seconds between SIGQUITs while PRoot still has tracees
 _SCAN_EVERY = 0.02  # seconds between looks for a main process that was not seen
 _LAST_RESORT = 30.0  # seconds of SIGQUITs before the session gets SIGKILL
+# Where the step's shell writes its exit status (a bind of a scratch directory; never in the
+# step's root filesystem, so never in its diff).
+_STATUS_DIR = "/.nbbuild-status"
+# It is invisible to the step otherwise: SHLVL is unset again (a shell-form step's sh must
+# start at 1, as under runc), and a program that is not there is a setup failure, reported as
+# "notfound", as runc's exec failure is.
+_STATUS_SCRIPT = (
+    "unset SHLVL; "
+    'case $1 in */*) [ -x "$1" ] ;; *) command -v "$1" >/dev/null 2>&1 ;; esac || '
+    f'{{ echo notfound > {_STATUS_DIR}/code; exit 127; }}; '
+    f'"$@"; s=$?; echo "$s" > {_STATUS_DIR}/code; exit "$s"'
+)
 
 
 class ProotExecutor:
@@ -140,6 +155,16 @@ class ProotExecutor:
         scratch = Path(_scratch_dir(rootfs))
         try:
             binds = _prepare(scratch, spec)
+            status = scratch / "status"
+            status.mkdir(mode=0o700)
+            args = list(spec.args)
+            if os.path.lexists(os.path.join(rootfs, "bin", "sh")):
+                # The step's own shell reports its exit status: PRoot's is the *last* traced
+                # process's (a failing step that left a background child would "succeed"),
+                # and a main process that exits in the first milliseconds can end before the
+                # watcher has its pidfd. "$@" keeps exec-form arguments exactly.
+                binds.append((str(status), _STATUS_DIR))
+                args = ["/bin/sh", "-c", _STATUS_SCRIPT, "nbbuild-step", *args]
             identity = (
                 ["-0"] if (user.uid, user.gid) == (0, 0) else ["-i", f"{user.uid}:{user.gid}"]
             )
@@ -157,7 +182,7 @@ class ProotExecutor:
                 "-w",
                 spec.cwd,
                 *(arg for host, guest in binds for arg in ("-b", f"{host}:{guest}")),
-                *spec.args,
+                *args,
             ]
             env: dict[str, str] = {}
             for item in build_env(spec, user):
@@ -168,7 +193,18 @@ class ProotExecutor:
                     banner, self._banner = self._banner, b""
                 if banner:
                     stderr(banner)
-            return self._supervise(argv, env, scratch, stdout, stderr, cancel)
+            result = self._supervise(argv, env, scratch, stdout, stderr, cancel)
+            if _read_status(status / "code") == "notfound" and not result.cancelled:
+                raise SandboxError(
+                    "proot could not start the step",
+                    detail=f"{spec.args[0]!r} not found (PATH={env.get('PATH', '')})",
+                )
+            reported = _reported_status(status / "code")
+            if reported is not None and not result.cancelled:
+                result = ExitResult(
+                    exit_code=reported, cancelled=False, duration=result.duration
+                )
+            return result
         finally:
             shutil.rmtree(scratch, ignore_errors=True)
 
@@ -356,6 +392,20 @@ class _Watch:
         finally:
             os.close(self.pidfd)
             self.pidfd = None
+
+
+def _read_status(path: Path) -> str:
+    try:
+        return path.read_text(encoding="ascii").strip()
+    except (OSError, UnicodeDecodeError):
+        return ""
+
+
+def _reported_status(path: Path) -> int | None:
+    """The exit status the step's shell wrote, if it got that far (a cancelled or killed
+    step's did not)."""
+    text = _read_status(path)
+    return int(text) if text.isdigit() and int(text) < 256 else None
 
 
 def _exit_status(pidfd: int) -> int | None:

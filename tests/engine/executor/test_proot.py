@@ -135,6 +135,12 @@ def test_a_main_process_killed_by_a_signal_is_128_plus_it(box: Box) -> None:
     assert not ran.result.ok
 
 
+def test_a_failing_step_that_leaves_a_background_child_fails(box: Box) -> None:
+    # PRoot's own status is the last process's: the child's 0 here
+    ran = box.sh("(sleep 0.3; exit 0) & exit 3")
+    assert ran.result.exit_code == 3
+
+
 def test_the_step_ends_with_its_main_process(box: Box) -> None:
     """What the main process leaves running is killed when it exits (``--kill-on-exit``),
     and the exit status is the main process's, not the last one's."""
