@@ -50,6 +50,7 @@ import re
 import secrets
 import shutil
 import signal
+import stat
 import subprocess
 import threading
 import time
@@ -63,7 +64,7 @@ from engine.executor.process import ExitResult, OutputSink, ProcessSpec, RootFS
 from engine.executor.runtime import Runtime, cgroup_layout, find_runtime
 from engine.executor.stubs import find_stubs, remove_stubs
 from engine.executor.user import ResolvedUser, resolve_user
-from engine.snapshot.layers import LayerView
+from engine.snapshot.layers import LayerView, is_opaque_dir
 from engine.snapshot.overlay import OverlayMount
 from engine.store.leases import process_start_ticks
 from engine.store.trees import drain_removals, remove_later
@@ -175,14 +176,7 @@ class OciExecutor:
         chain = tuple(lowers)
         with self._views_lock:
             below = self._views.get(chain[:-1]) if len(chain) > 1 else None
-        view: LayerView = LayerView(chain)
-        if below is not None:
-            try:
-                names = frozenset(os.listdir(chain[-1]))
-            except OSError:
-                pass
-            else:
-                view = _ChainView(chain, below, names)
+        view = LayerView(chain) if below is None else _ChainView(chain, below)
         with self._views_lock:
             self._views.pop(chain, None)
             self._views[chain] = view
@@ -423,22 +417,33 @@ _VIEWS_KEPT = 16
 class _ChainView(LayerView):
     """The view of a chain that is a known chain (``below``) plus one layer on top.
 
-    A layer can only change what lies under the names at its root (an entry there, a whiteout
-    of it, or an opaque directory on its way), so a path whose first component the top layer
-    does not have resolves exactly as in the chain below: that view answers, from what it
-    remembers. Consecutive RUN steps then find /etc/passwd, /etc/group and the mount points'
-    parents without walking their whole chain again (layers are immutable once committed).
+    The top layer changes only what lies under its own entries: where a path leaves the top
+    layer's directories (the next name is not there), and no directory on the way is opaque,
+    the path resolves exactly as in the chain below, and that view answers (from what it
+    remembers). Consecutive RUN steps then find /etc/passwd, /etc/group and the mount points'
+    parents by looking at one layer, not at their whole chain again (a RUN layer usually holds
+    a copied-up /etc and the step's own files); layers are immutable once committed.
     """
 
-    def __init__(self, layers: tuple[Path, ...], below: LayerView, top_names: frozenset[str]):
+    def __init__(self, layers: tuple[Path, ...], below: LayerView) -> None:
         super().__init__(layers)
         self._below = below
-        self._top_names = top_names
+        self._top = os.fspath(layers[-1]).rstrip("/")
 
     def lookup(self, path: str) -> Path | None:
-        first = next((p for p in path.split("/") if p and p != "."), None)
-        if first is not None and first not in self._top_names:
-            return self._below.lookup(path)
+        parts = [p for p in path.split("/") if p and p != "."]
+        if not parts or ".." in parts:
+            return super().lookup(path)
+        current = self._top
+        last = len(parts) - 1
+        for i, name in enumerate(parts):
+            current = current + "/" + name
+            try:
+                st = os.lstat(current)
+            except (FileNotFoundError, NotADirectoryError):
+                return self._below.lookup(path)  # nothing of the top layer on the way
+            if i == last or not stat.S_ISDIR(st.st_mode) or is_opaque_dir(current):
+                break  # the top layer has a say: resolve here
         return super().lookup(path)
 
 
