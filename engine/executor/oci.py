@@ -54,12 +54,11 @@ import stat
 import subprocess
 import threading
 import time
-from collections import deque
 from pathlib import Path
-from typing import IO
 
 from engine.executor.bundle import write_bundle
 from engine.executor.errors import CapabilityError, SandboxError
+from engine.executor.output import StderrTail, pump, validate
 from engine.executor.process import ExitResult, OutputSink, ProcessSpec, RootFS
 from engine.executor.runtime import Runtime, cgroup_layout, find_runtime
 from engine.executor.stubs import find_stubs, remove_stubs
@@ -223,7 +222,7 @@ class OciExecutor:
         stderr: OutputSink | None = None,
         cancel: threading.Event | None = None,
     ) -> ExitResult:
-        _validate(spec)
+        validate(spec)
         if isinstance(rootfs, OverlayMount):
             view = self._view(rootfs.lowers)
             stub_root = rootfs.upper
@@ -301,16 +300,7 @@ class OciExecutor:
         stderr: OutputSink | None,
         cancel: threading.Event | None,
     ) -> ExitResult:
-        tail: deque[bytes] = deque()
-        tail_size = [0]
-
-        def keep_tail(chunk: bytes) -> None:
-            tail.append(chunk)
-            tail_size[0] += len(chunk)
-            while tail_size[0] > _STDERR_TAIL and len(tail) > 1:
-                tail_size[0] -= len(tail.popleft())
-            if stderr is not None:
-                stderr(chunk)
+        keep_tail = StderrTail(stderr, _STDERR_TAIL)
 
         start = time.monotonic()
         proc = subprocess.Popen(
@@ -324,8 +314,8 @@ class OciExecutor:
         )
         assert proc.stdout is not None and proc.stderr is not None
         readers = [
-            threading.Thread(target=_pump, args=(proc.stdout, stdout), daemon=True),
-            threading.Thread(target=_pump, args=(proc.stderr, keep_tail), daemon=True),
+            threading.Thread(target=pump, args=(proc.stdout, stdout), daemon=True),
+            threading.Thread(target=pump, args=(proc.stderr, keep_tail), daemon=True),
         ]
         for t in readers:
             t.start()
@@ -365,7 +355,7 @@ class OciExecutor:
         exit_code = 128 - rc if rc < 0 else rc
         if not cancelled.is_set() and rc != 0 and not pid_file.exists():
             # the runtime never created the container: a setup failure, not the step's exit
-            detail = b"".join(tail).decode("utf-8", "replace").strip().splitlines()
+            detail = keep_tail.text().strip().splitlines()
             raise SandboxError(
                 f"{self.runtime.name} could not start the container (exit {exit_code})",
                 detail="\n".join(detail[-5:]),
@@ -484,26 +474,8 @@ def _killpg(pgid: int) -> None:
         os.killpg(pgid, signal.SIGKILL)
 
 
-def _pump(pipe: IO[bytes], sink: OutputSink | None) -> None:
-    fd = pipe.fileno()
-    try:
-        while chunk := os.read(fd, 1 << 16):
-            if sink is not None:
-                sink(chunk)
-    finally:
-        pipe.close()
 
 
-def _validate(spec: ProcessSpec) -> None:
-    if not spec.args:
-        raise SandboxError("a process needs at least one argument")
-    if not spec.cwd.startswith("/"):
-        raise SandboxError(f"working directory must be absolute: {spec.cwd}")
-    for m in spec.mounts:
-        if not m.destination.startswith("/"):
-            raise SandboxError(f"mount destination must be absolute: {m.destination}")
-    if spec.network not in ("default", "none", "host"):
-        raise SandboxError(f"unknown network mode: {spec.network}")
 
 
 def _check_mapped(mapping: IdMapping, user: ResolvedUser, name: str) -> None:

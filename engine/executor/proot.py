@@ -57,12 +57,11 @@ import struct
 import subprocess
 import threading
 import time
-from collections import deque
 from pathlib import Path
-from typing import IO
 
 from engine.executor.bundle import build_env, hosts_file, resolv_conf
 from engine.executor.errors import CapabilityError, SandboxError
+from engine.executor.output import StderrTail, pump, validate
 from engine.executor.process import ExitResult, OutputSink, ProcessSpec, RootFS
 from engine.executor.user import resolve_user
 from engine.snapshot.layers import LayerView
@@ -144,7 +143,7 @@ class ProotExecutor:
                 "the PRoot worker runs steps over a copy of their layers (overlayfs cannot be "
                 "mounted without a user namespace): unset NBBUILD_SNAPSHOTTER=overlay"
             )
-        _validate(spec)
+        validate(spec)
         from engine.userns.degraded import refusal
 
         refused = refusal("", network=spec.network, insecure=spec.privileged)
@@ -217,16 +216,7 @@ class ProotExecutor:
         stderr: OutputSink | None,
         cancel: threading.Event | None,
     ) -> ExitResult:
-        tail: deque[bytes] = deque()
-        tail_size = [0]
-
-        def keep_tail(chunk: bytes) -> None:
-            tail.append(chunk)
-            tail_size[0] += len(chunk)
-            while tail_size[0] > _STDERR_TAIL and len(tail) > 1:
-                tail_size[0] -= len(tail.popleft())
-            if stderr is not None:
-                stderr(chunk)
+        keep_tail = StderrTail(stderr, _STDERR_TAIL)
 
         start = time.monotonic()
         proc = subprocess.Popen(
@@ -241,8 +231,8 @@ class ProotExecutor:
         )
         assert proc.stdout is not None and proc.stderr is not None
         readers = [
-            threading.Thread(target=_pump, args=(proc.stdout, stdout), daemon=True),
-            threading.Thread(target=_pump, args=(proc.stderr, keep_tail), daemon=True),
+            threading.Thread(target=pump, args=(proc.stdout, stdout), daemon=True),
+            threading.Thread(target=pump, args=(proc.stderr, keep_tail), daemon=True),
         ]
         for t in readers:
             t.start()
@@ -260,7 +250,7 @@ class ProotExecutor:
         rc = proc.returncode
         exit_code = status if status is not None else (128 - rc if rc < 0 else rc)
         if not watch.cancelled and watch.main is None and rc != 0:
-            words = b"".join(tail).decode("utf-8", "replace")
+            words = keep_tail.text()
             if "proot error:" in words or "proot fatal error" in words:
                 # PRoot never started the step (an executable that is not there, a ptrace
                 # refused): a setup failure, not the step's exit.
@@ -486,26 +476,8 @@ def _killpg(pgid: int, sig: signal.Signals) -> None:
         os.killpg(pgid, sig)
 
 
-def _pump(pipe: IO[bytes], sink: OutputSink | None) -> None:
-    fd = pipe.fileno()
-    try:
-        while chunk := os.read(fd, 1 << 16):
-            if sink is not None:
-                sink(chunk)
-    finally:
-        pipe.close()
 
 
-def _validate(spec: ProcessSpec) -> None:
-    if not spec.args:
-        raise SandboxError("a process needs at least one argument")
-    if not spec.cwd.startswith("/"):
-        raise SandboxError(f"working directory must be absolute: {spec.cwd}")
-    for m in spec.mounts:
-        if not m.destination.startswith("/"):
-            raise SandboxError(f"mount destination must be absolute: {m.destination}")
-    if spec.network not in ("default", "none", "host"):
-        raise SandboxError(f"unknown network mode: {spec.network}")
 
 
 def _scratch_dir(rootfs: Path) -> str:
