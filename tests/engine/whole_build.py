@@ -36,28 +36,26 @@ BUSYBOX_SCRIPT = REPO / "scripts" / "busybox-rootfs.sh"
 CLI_TIMEOUT = 180.0
 
 
-def load() -> ModuleType:
-    """This module, imported once under a private name."""
-    name = "nbbuild_tests_whole_build"
+def _load(name: str, path: Path) -> ModuleType:
+    """The module at ``path``, imported once under ``name`` (tests run with
+    ``--import-mode=importlib``: siblings are not importable by name)."""
     if name not in sys.modules:
-        spec = importlib.util.spec_from_file_location(name, Path(__file__))
+        spec = importlib.util.spec_from_file_location(name, path)
         assert spec is not None and spec.loader is not None
         module = importlib.util.module_from_spec(spec)
         sys.modules[name] = module
         spec.loader.exec_module(module)
     return sys.modules[name]
+
+
+def load() -> ModuleType:
+    """This module, imported once under a private name."""
+    return _load("nbbuild_tests_whole_build", Path(__file__))
 
 
 def base() -> ModuleType:
     """tests/buildkit_base.py (root or rootless, :func:`inside`), under its shared name."""
-    name = "nbbuild_tests_buildkit_base"
-    if name not in sys.modules:
-        spec = importlib.util.spec_from_file_location(name, REPO / "tests" / "buildkit_base.py")
-        assert spec is not None and spec.loader is not None
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[name] = module
-        spec.loader.exec_module(module)
-    return sys.modules[name]
+    return _load("nbbuild_tests_buildkit_base", REPO / "tests" / "buildkit_base.py")
 
 
 def state_dir() -> Path:
