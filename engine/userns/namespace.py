@@ -43,32 +43,22 @@ _MS_REC = 0x4000
 _MS_PRIVATE = 1 << 18
 
 
-def _uid_map() -> list[IdRange]:
-    try:
-        with open("/proc/self/uid_map", encoding="ascii") as f:
-            lines = f.read().split("\n")
-    except OSError:
-        return [IdRange(0, 0, 4294967295)]
-    out = []
-    for line in lines:
-        fields = line.split()
-        if len(fields) == 3:
-            out.append(IdRange(int(fields[0]), int(fields[1]), int(fields[2])))
-    return out
+_IDENTITY = IdRange(0, 0, 4294967295)  # the initial user namespace's map of all IDs
 
 
-def _gid_map() -> list[IdRange]:
+def _id_map(kind: str) -> list[IdRange]:
+    """This process's ``/proc/self/{uid,gid}_map`` (``kind``: ``uid`` or ``gid``)."""
     try:
-        with open("/proc/self/gid_map", encoding="ascii") as f:
+        with open(f"/proc/self/{kind}_map", encoding="ascii") as f:
             lines = f.read().split("\n")
     except OSError:
-        return [IdRange(0, 0, 4294967295)]
+        return [_IDENTITY]
     return [IdRange(*(int(x) for x in ln.split())) for ln in lines if len(ln.split()) == 3]
 
 
 def _initial() -> bool:
     """This process is in the initial user namespace (the identity map of all IDs)."""
-    return _uid_map() == [IdRange(0, 0, 4294967295)]
+    return _id_map("uid") == [_IDENTITY]
 
 
 def mode() -> Mode:
@@ -82,7 +72,7 @@ def current() -> IdMapping | None:
     """The mapping of the user namespace this process is root of (None: the initial one)."""
     if mode() != "inside":
         return None
-    return IdMapping(tuple(_uid_map()), tuple(_gid_map()))
+    return IdMapping(tuple(_id_map("uid")), tuple(_id_map("gid")))
 
 
 @functools.cache
