@@ -36,7 +36,11 @@ lint: venv
 ROOTLESS_SUITES := $(shell sed -e 's/\#.*//' tests/rootless-suites.txt 2>/dev/null)
 ROOTLESS_SUITES += $(if $(filter tests/differential,$(ROOTLESS_SUITES)),,tests/differential)
 
+# Some tests run this checkout's code as the unprivileged test users: as root, let others
+# traverse the directories above it (a `mktemp -d` parent is 0700); nothing is made readable
+# that was not.
 test: setup
+	@if [ "$$(id -u)" = 0 ]; then d="$(CURDIR)"; while [ "$$d" != / ]; do chmod o+x "$$d"; d=$$(dirname "$$d"); done; fi
 	$(BIN)/ruff check engine nbbuild tests
 	$(BIN)/mypy
 	$(BIN)/pytest -q
