@@ -211,6 +211,8 @@ def build(
         build_contexts = prepare_contexts(request.build_contexts)
     build_id = os.urandom(16).hex()  # uuid4's randomness, without importing uuid (platform)
     store = Store.open(root)
+    if not degraded:
+        _sweep_runtime_leftovers()
     try:
         images = ImageStore(store)
         options = BuildOptions(
@@ -504,6 +506,14 @@ def _lazy_context_resolver(images: Any) -> Any:
         return made[0](*args)
 
     return resolve
+
+
+def _sweep_runtime_leftovers() -> None:
+    """Bundles and runtime state of killed engines go with every build, not only with the
+    executor's creation: a build of cache hits never makes one (see engine.executor.leftovers)."""
+    from engine.executor.leftovers import default_state_dir, sweep
+
+    sweep(default_state_dir())
 
 
 def _executor(find_runtime: Any) -> Any:

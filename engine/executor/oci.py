@@ -38,7 +38,7 @@ One run, start to end:
    removed. The upper dir is left as the step's diff; the caller owns it and the work dir.
 7. What a killed engine leaves in ``state_dir`` (a bundle, the runtime's state of a container
    that no longer runs) is named after its owner (``nbbuild-<pid>-<start ticks>-<random>``)
-   and removed when an executor is created after the owner is gone.
+   and removed by the next build after the owner is gone (:mod:`engine.executor.leftovers`).
 """
 
 from __future__ import annotations
@@ -46,7 +46,6 @@ from __future__ import annotations
 import contextlib
 import functools
 import os
-import re
 import secrets
 import shutil
 import signal
@@ -58,6 +57,8 @@ from pathlib import Path
 
 from engine.executor.bundle import write_bundle
 from engine.executor.errors import CapabilityError, SandboxError
+from engine.executor.leftovers import DEFAULT_STATE_DIR, default_state_dir
+from engine.executor.leftovers import sweep as sweep_leftovers
 from engine.executor.output import StderrTail, pump, validate
 from engine.executor.process import ExitResult, OutputSink, ProcessSpec, RootFS
 from engine.executor.runtime import Runtime, cgroup_layout, find_runtime
@@ -70,22 +71,6 @@ from engine.store.trees import drain_removals, remove_later
 from engine.userns.idmap import IdMapping
 
 __all__ = ["DEFAULT_STATE_DIR", "OciExecutor", "default_state_dir"]
-
-DEFAULT_STATE_DIR = Path("/run/nbbuild")
-
-
-def default_state_dir() -> Path:
-    """Where bundles and the runtime's state live: ``/run/nbbuild`` as root; for a rootless
-    build ``$XDG_RUNTIME_DIR/nbbuild`` (a per-user tmpfs), else ``~/.cache/nbbuild-run``
-    (``/run`` belongs to the real root, and a shared ``/tmp`` name could be taken by others)."""
-    from engine.userns.namespace import mode
-
-    if mode() == "root":
-        return DEFAULT_STATE_DIR
-    runtime_dir = os.environ.get("XDG_RUNTIME_DIR", "")
-    if runtime_dir and os.path.isdir(runtime_dir) and os.access(runtime_dir, os.W_OK):
-        return Path(runtime_dir) / "nbbuild"
-    return Path(os.path.expanduser("~")) / ".cache" / "nbbuild-run"
 
 # $1: the engine's pid (must be our grandparent: unshare's parent), $2: file to write our pid
 # (as the engine sees it) into, $3: "1" to hide the v2 unified hierarchy, $4: overlay options
@@ -108,7 +93,6 @@ if [ -n "$4" ]; then mount -t overlay overlay -o "$4" "$5"; fi
 shift 5
 exec "$@"
 """
-_OWNED_ID = re.compile(r"nbbuild-(\d+)-(\d+)-[0-9a-f]+")
 _STDERR_TAIL = 8192
 _SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGKILL)
 
@@ -186,22 +170,7 @@ class OciExecutor:
     def sweep(self) -> int:
         """Remove bundles and runtime state left by engines that are gone (killed); returns
         how many entries went. Their containers died with them (see the module doc)."""
-        removed = 0
-        for parent in (self.state_dir / "bundles", *self.state_dir.glob("state-*")):
-            try:
-                names = os.listdir(parent)
-            except OSError:
-                continue
-            for name in names:
-                match = _OWNED_ID.fullmatch(name)
-                if match is None:
-                    continue
-                pid, ticks = int(match.group(1)), int(match.group(2))
-                if process_start_ticks(pid) == ticks:
-                    continue  # its engine still runs
-                shutil.rmtree(parent / name, ignore_errors=True)
-                removed += 1
-        return removed
+        return sweep_leftovers(self.state_dir)
 
     def drain(self, timeout: float = 10.0) -> None:
         """Wait until the bundles of finished steps (removed in the background) are gone."""

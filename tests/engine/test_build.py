@@ -87,6 +87,39 @@ def test_first_build_executes_every_step_and_rebuild_is_all_cached(bk: object) -
     assert second.config == first.config
 
 
+def test_a_build_of_cache_hits_removes_a_killed_engines_runtime_leftovers(bk: object) -> None:
+    """An engine killed while a finished step's bundle was still being removed leaves it in
+    the state dir; the next build removes it even when every step is a cache hit (and no
+    executor is made), and leaves a live engine's entries alone."""
+    import os
+    import subprocess
+
+    from engine.executor.leftovers import default_state_dir
+    from engine.store.leases import process_start_ticks
+
+    bk.write(DEPFIRST_FILES)
+    bk.build(DEPFIRST)
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    state = default_state_dir()
+    killed = state / "bundles" / f"nbbuild-{dead.pid}-12345-0123456789ab"
+    runtime_state = state / "state-crun" / f"nbbuild-{dead.pid}-12345-ba9876543210"
+    live = state / "bundles" / f"nbbuild-{os.getpid()}-{process_start_ticks(os.getpid())}-00aa"
+    for entry in (killed, runtime_state, live):
+        (entry / "rootfs").mkdir(parents=True)
+        (entry / "config.json").write_text("{}")
+    try:
+        again = bk.build(DEPFIRST)
+        assert {status for _, status in status_list(again)} == {"cached"}
+        assert not killed.exists() and not runtime_state.exists()
+        assert live.is_dir()
+    finally:
+        import shutil
+
+        for entry in (killed, runtime_state, live):
+            shutil.rmtree(entry, ignore_errors=True)
+
+
 def _changed(result: object) -> list[str]:
     """The numbered steps that ran (not cached), by their ``k/n``."""
     return [
