@@ -195,7 +195,7 @@ def test_sigkill_of_the_cli_at_random_moments(tmp_path: Path, private_tmp: Path)
             assert image is not None and image.config_digest == image_id, where
 
         # (d) the next build removed the dead build's bundles and runtime state (even when
-            # all its steps were cache hits and it made no executor)
+        # all its steps were cache hits and it made no executor)
         assert wb.runtime_entries(pid) == [], where
         assert wb.store_leftovers(root) == [], where
 
