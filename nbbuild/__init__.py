@@ -20,9 +20,6 @@ imports neither IPython nor the engine's heavy parts: they load when first used.
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping, Sequence
-from pathlib import Path
-from typing import TYPE_CHECKING, Any
 
 from engine.errors import (
     BuildCanceled,
@@ -33,7 +30,14 @@ from engine.errors import (
     UsageError,
 )
 
+# Not `from typing import TYPE_CHECKING`: every nbbuild command imports this package first
+# (nbbuild.client), and typing costs milliseconds of each one (mypy takes the name as True).
+TYPE_CHECKING = False
 if TYPE_CHECKING:
+    from collections.abc import Mapping, Sequence
+    from pathlib import Path
+    from typing import Any
+
     from IPython.core.interactiveshell import InteractiveShell
 
     from nbbuild._result import BuildResult
@@ -194,6 +198,8 @@ def _read_dockerfile(
     """(text, name shown in errors, path) of a Dockerfile given as text or as a path."""
     if isinstance(dockerfile, str) and ("\n" in dockerfile or not os.path.isfile(dockerfile)):
         return dockerfile, text_name, None
+    from pathlib import Path
+
     path = Path(os.fspath(dockerfile))
     try:
         return path.read_text(encoding="utf-8"), path.name, path

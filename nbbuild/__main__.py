@@ -1,9 +1,7 @@
-"""``python -m nbbuild``: the CLI."""
+"""``python -m nbbuild``: the CLI, as the ``nbbuild`` command runs it (:mod:`nbbuild.client`)."""
 
 from __future__ import annotations
 
-import sys
+from nbbuild.client import main
 
-from nbbuild.cli import main
-
-sys.exit(main())
+main()

@@ -78,11 +78,16 @@ def compiled_dataclasses(path: Path | None = None) -> Iterator[None]:
         yield
         return
     path = path or cache_file()
-    codes = _load(path)
+    # Read on the first dataclass made: a process that has imported everything already (a
+    # child of nbbuild.server) makes none and reads nothing.
+    loaded: list[dict[str, CodeType]] = []
     fresh: dict[str, CodeType] = {}
 
     def cached_exec(source: Any, globals: Any = None, locals: Any = None, /) -> None:
         if isinstance(source, str):
+            if not loaded:
+                loaded.append(_load(path))
+            codes = loaded[0]
             code = codes.get(source)
             if code is None:
                 code = compile(source, "<string>", "exec", dont_inherit=True)
@@ -98,4 +103,4 @@ def compiled_dataclasses(path: Path | None = None) -> Iterator[None]:
         with contextlib.suppress(AttributeError):
             del dataclasses.exec  # type: ignore[attr-defined]
         if fresh and not sys.dont_write_bytecode:
-            _save(path, codes)
+            _save(path, loaded[0])

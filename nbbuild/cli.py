@@ -33,7 +33,7 @@ def _key_value(text: str) -> tuple[str, str]:
 
 
 # The sub-commands, in the order of `nbbuild --help`.
-_COMMANDS = ("plan", "unshare", "build", "image", "cache", "doctor")
+_COMMANDS = ("plan", "unshare", "build", "image", "cache", "doctor", "server")
 
 
 def _parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
@@ -68,6 +68,8 @@ def _parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
         from nbbuild import _cli_doctor
 
         _cli_doctor.register(sub)
+    if only in (None, "server"):
+        _add_server(sub)
     return parser
 
 
@@ -121,6 +123,35 @@ def _add_unshare(sub: Any) -> None:
     )
     p.add_argument("cmd", nargs=argparse.REMAINDER, metavar="COMMAND")
     p.set_defaults(run=_cmd_unshare)
+
+
+def _add_server(sub: Any) -> None:
+    p = sub.add_parser(
+        "server",
+        help="list or stop the warm servers that run nbbuild commands",
+        description=(
+            "nbbuild commands run in a child of a warm server process of yours that has the "
+            "engine imported already (like docker's daemon; started by the first command, it "
+            "exits after NBBUILD_SERVER_IDLE seconds idle, default 900; NBBUILD_SERVER=0 "
+            "turns it off). `status` lists your servers, `stop` stops them."
+        ),
+    )
+    p.add_argument("action", choices=("status", "stop"))
+    p.set_defaults(run=_cmd_server)
+
+
+def _cmd_server(args: argparse.Namespace) -> int:
+    from nbbuild import server
+
+    found = server.stop() if args.action == "stop" else server.servers()
+    verb = "stopped" if args.action == "stop" else "running"
+    for info in found:
+        print(f"{verb}: pid {info.pid}, key {info.key}")
+        if info.last_error:
+            print(f"  its last child could not start a command: {info.last_error}")
+    if not found:
+        print("no server is running")
+    return 0
 
 
 def _cmd_unshare(args: argparse.Namespace) -> int:
@@ -239,7 +270,7 @@ def _exit_now(code: int) -> None:
 
 # What runs as the user, outside any namespace: what needs no snapshot files, and must keep
 # working where user namespaces are not allowed.
-_OUTSIDE_COMMANDS = frozenset({None, "plan", "doctor"})
+_OUTSIDE_COMMANDS = frozenset({None, "plan", "doctor", "server"})
 
 
 def _rootless(argv: Sequence[str] | None) -> int | None:

@@ -16,7 +16,7 @@ a diff's rename and its publication, during tagging and export. After every kill
     engine: see engine/executor/oci.py) and no mount is left on the host under the store or
     /run/nbbuild;
 (d) the runtime state and bundles of the dead build's containers are gone once the next build
-    has started (its executor sweeps dead owners' entries);
+    has started (every build sweeps dead owners' entries);
 (e) at the end the store can be removed (``cache prune --all``, then its directory, by the
     user's engine: for a rootless user, in its user namespace). Rootless, nothing else the
     builds left - the executor's state dir (~/.cache/nbbuild-run), temporary files (TMPDIR is
@@ -25,6 +25,10 @@ a diff's rename and its publication, during tagging and export. After every kill
 
 Run by a normal user (scripts/rootless-tests.sh), the builds are rootless. With a single ID
 mapping the build cannot run at all (it chowns to other IDs): it must fail with the clear error.
+
+The engine's own death is tested: the commands run in the CLI process itself
+(``NBBUILD_SERVER=0``), so the killed process is the engine. That a warm server's child dies with
+its killed command is tested in tests/nbbuild/test_server.py.
 
 Each round uses its own ``ROUND`` build arg: it is in every RUN's environment, so every step's
 key is new and the whole build runs again, while the output does not depend on it.
@@ -101,6 +105,11 @@ def build_args(round_: str, tag: str, out: Path, metadata: Path | None = None) -
     if metadata is not None:
         args += ["--metadata-file", str(metadata)]
     return [*args, "--output", f"type=local,dest={out}"]
+
+
+@pytest.fixture(autouse=True)
+def _engine_in_the_command(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("NBBUILD_SERVER", "0")
 
 
 @pytest.fixture

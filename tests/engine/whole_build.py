@@ -327,6 +327,21 @@ def wait_for_container(root: Path, argv: tuple[str, ...], alive: Callable[[], bo
     return found[-1]
 
 
+def engine_of(root: Path) -> int:
+    """The pid of the engine process running a container of a build into ``root`` (the
+    command itself, or the child of a warm nbbuild server that runs it): container ids carry
+    their engine's pid (engine/executor/oci.py). Call while a step runs."""
+    import re
+
+    owners = {
+        int(m.group(1))
+        for line in store_processes(root)
+        for m in re.finditer(r"\bnbbuild-(\d+)-\d+-[0-9a-f]+", line)
+    }
+    assert len(owners) == 1, owners
+    return owners.pop()
+
+
 def host_mounts(root: Path) -> list[str]:
     """Mounts of this (the host's) mount namespace under the store or the executor's state."""
     state = state_dir()

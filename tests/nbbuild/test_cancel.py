@@ -123,6 +123,7 @@ def test_cli_cancel_during_a_long_run(
     run = wb.Cli("build", "--progress=plain", "-t", "nap", ctx, root=root, logs=tmp_path / "logs")
     try:
         sleeper = wait_for_sleep(root, alive=lambda: run.proc.poll() is None)
+        engine = wb.engine_of(root)
         if how == "ctrl-c":
             run.signal_group(signal.SIGINT)  # what a terminal does on Ctrl-C
         else:
@@ -140,7 +141,7 @@ def test_cli_cancel_during_a_long_run(
     assert f"{index} CANCELED" in stderr.splitlines(), stderr
     assert "ERROR" not in stderr, stderr
     assert process_start_ticks(sleeper[0]) != sleeper[1], "the step's sleep still runs"
-    assert_cleaned_up(root, run.pid)
+    assert_cleaned_up(root, engine)
     with Store.open(root) as store:
         record = store.last_build("nap")
         assert record is not None and record.status == "canceled"
@@ -162,6 +163,7 @@ def test_second_ctrl_c_stops_waiting_and_leaves_nothing_running(
     run = wb.Cli("build", "--progress=plain", ctx, root=root, logs=tmp_path / "logs")
     try:
         sleeper = wait_for_sleep(root, alive=lambda: run.proc.poll() is None)
+        engine = wb.engine_of(root)
         run.signal_group(signal.SIGINT)
         # The second Ctrl-C once the first has been taken (not merged into one pending signal),
         # and a moment for its handler to run: the first cancels, the second stops waiting.
@@ -174,8 +176,8 @@ def test_second_ctrl_c_stops_waiting_and_leaves_nothing_running(
     assert code == 130, run.stderr
     assert "Traceback" not in run.stderr, run.stderr
     assert wb.wait_for(lambda: process_start_ticks(sleeper[0]) != sleeper[1], timeout=10.0)
-    assert wb.wait_for(lambda: not wb.store_processes(root, run.pid), timeout=10.0), (
-        wb.store_processes(root, run.pid)
+    assert wb.wait_for(lambda: not wb.store_processes(root, engine), timeout=10.0), (
+        wb.store_processes(root, engine)
     )
     assert wb.host_mounts(root) == []
     assert wb.live_leases(root) == 1  # abandoned, not wound down: its lease is still there
@@ -183,7 +185,7 @@ def test_second_ctrl_c_stops_waiting_and_leaves_nothing_running(
     assert wb.live_leases(root) == 0
     assert wb.store_leftovers(root) == []
     assert_next_build_is_right(root, ctx, tmp_path / "next", reference)
-    assert wb.runtime_entries(run.pid) == []
+    assert wb.runtime_entries(engine) == []
 
 
 def test_api_cancel_from_another_thread_raises_build_canceled(

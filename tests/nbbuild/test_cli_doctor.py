@@ -198,6 +198,7 @@ class Who:
             f"PYTHONPATH={REPO}{os.pathsep}{site}",
             "PYTHONDONTWRITEBYTECODE=1",
             "LANG=C.UTF-8",
+            "NBBUILD_SERVER=0",  # a test user's warm server would outlive the test
         ]
         nnp_argv = ["setpriv", "--no-new-privs"] if nnp else []
         argv = [*self.prefix, *env, *nnp_argv, python, "-m", "nbbuild", "doctor"]

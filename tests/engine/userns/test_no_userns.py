@@ -144,6 +144,9 @@ class Work:
             "PYTHONDONTWRITEBYTECODE": "1",
             "NBBUILD_ROOT": str(self.store),
             "IPYTHONDIR": str(self.home / ".ipython"),
+            # in the command's own process: a test user's warm server would outlive the test
+            # (the server path is tested in tests/nbbuild/test_server.py, root and rootless)
+            "NBBUILD_SERVER": "0",
         }
         if self.variant == "off":
             env["NBBUILD_DEGRADED"] = "0"

@@ -1,0 +1,466 @@
+"""The ``nbbuild`` command through a warm server (nbbuild/client.py, nbbuild/server.py).
+
+Real processes throughout: ``python -m nbbuild`` (the console script's path), a real server
+started by the first command, real builds with crun into real stores. Each test has a server
+directory of its own (``NBBUILD_SERVER_DIR``) and stops its servers at the end.
+
+What must hold: the first command runs in its own process and starts a server; later commands
+run in a child of that server, and nothing a caller can see differs from running in-process
+(exit codes, output, the working directory, environment, stdin and any other inherited
+descriptor); signals reach the command; a command killed with SIGKILL takes its build with it;
+a stale, foreign or unusable server is never used and never an error.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from types import ModuleType
+
+import pytest
+
+from nbbuild import client, server
+
+
+def _helper() -> ModuleType:
+    name = "nbbuild_tests_whole_build"
+    if name not in sys.modules:
+        path = Path(__file__).resolve().parents[1] / "engine" / "whole_build.py"
+        spec = importlib.util.spec_from_file_location(name, path)
+        assert spec is not None and spec.loader is not None
+        sys.modules[name] = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(sys.modules[name])
+    return sys.modules[name]
+
+
+wb = _helper()
+
+DOCKERFILE = """\
+FROM busybox
+COPY hello.txt /hello.txt
+RUN cat /hello.txt > /copied
+"""
+SLEEPY = """\
+FROM busybox
+ARG NAP=30
+RUN sleep $NAP && echo slept > /slept
+"""
+
+
+@pytest.fixture(scope="module")
+def tar(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path: Path = wb.busybox_tar(tmp_path_factory.mktemp("server-base"))
+    return path
+
+
+@pytest.fixture
+def servers(tmp_path: Path) -> Iterator[Path]:
+    """A server directory of this test's own (short: a socket path has at most 107 bytes)."""
+    directory = Path(os.environ["NBBUILD_SERVER_DIR"]) / tmp_path.name[-20:]
+    directory.mkdir(mode=0o700)
+    try:
+        yield directory
+    finally:
+        server.stop(str(directory))
+
+
+def env_for(directory: Path, root: Path, **extra: str) -> dict[str, str]:
+    env = {**os.environ, "NBBUILD_SERVER_DIR": str(directory), "NBBUILD_ROOT": str(root)}
+    env.pop("NBBUILD_SERVER", None)
+    env.pop("BUILDKIT_PROGRESS", None)
+    env.update(extra)
+    return env
+
+
+def nbbuild(
+    *args: str | Path, env: dict[str, str], cwd: Path | None = None, **kw: object
+) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(  # type: ignore[call-overload,no-any-return]
+        [sys.executable, "-m", "nbbuild", *map(str, args)],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=cwd or wb.REPO,
+        timeout=120,
+        **kw,
+    )
+
+
+def running(directory: Path) -> list[server.ServerInfo]:
+    return server.servers(str(directory))
+
+
+def warm(directory: Path, env: dict[str, str]) -> server.ServerInfo:
+    """Run commands until one has started a server, and wait until it listens."""
+    nbbuild("image", "ls", env=env)
+    assert wb.wait_for(lambda: len(running(directory)) == 1, timeout=60.0), running(directory)
+    sockets = list(directory.glob("*.sock"))
+    assert wb.wait_for(lambda: bool(list(directory.glob("*.sock"))), timeout=60.0), sockets
+    info = running(directory)[0]
+    return info
+
+
+def children_of(pid: int) -> list[int]:
+    try:
+        with open(f"/proc/{pid}/task/{pid}/children", encoding="ascii") as f:
+            return [int(x) for x in f.read().split()]
+    except OSError:
+        return []
+
+
+def test_the_first_command_starts_a_server_and_the_next_runs_in_its_child(
+    servers: Path, tar: Path, tmp_path: Path
+) -> None:
+    root = wb.new_store(tmp_path / "store", tar)
+    env = env_for(servers, root)
+    first = nbbuild("image", "ls", env=env)
+    assert first.returncode == 0, first.stderr
+    info = warm(servers, env)
+    # A build with a step that waits: while it runs, the engine is a child of the server,
+    # and the command's own process has no child at all.
+    ctx = wb.write_files(tmp_path / "ctx", {"Dockerfile": SLEEPY})
+    run = subprocess.Popen(
+        [sys.executable, "-m", "nbbuild", "build", "--progress=plain", str(ctx)],
+        env=env,
+        cwd=wb.REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        wb.wait_for_container(root, ("sleep", "30"), alive=lambda: run.poll() is None)
+        engine = wb.engine_of(root)
+        assert engine != run.pid
+        assert engine in children_of(info.pid)
+        assert children_of(run.pid) == []
+        run.send_signal(signal.SIGINT)  # Ctrl-C reaches the command: it cancels the build
+        _, err = run.communicate(timeout=30)
+    finally:
+        if run.poll() is None:
+            run.kill()
+            run.wait()
+    assert run.returncode == 130, err
+    assert "error: build canceled" in err
+    assert wb.wait_for(lambda: not wb.store_processes(root), timeout=10.0)
+    assert wb.runtime_entries(engine) == []
+    assert wb.live_leases(root) == 0
+
+
+def test_commands_through_the_server_answer_as_they_do_in_process(
+    servers: Path, tar: Path, tmp_path: Path
+) -> None:
+    root = wb.new_store(tmp_path / "store", tar)
+    env = env_for(servers, root)
+    warm(servers, env)
+    ctx = wb.write_files(tmp_path / "ctx", {"Dockerfile": DOCKERFILE, "hello.txt": "hi\n"})
+    bad = wb.write_files(tmp_path / "bad", {"Dockerfile": "FROM busybox\nRUNN echo\n"})
+    failing = wb.write_files(tmp_path / "failing", {"Dockerfile": "FROM busybox\nRUN exit 3\n"})
+    commands: list[tuple[str | Path, ...]] = [
+        ("--help",),
+        ("build", "--help"),
+        ("plan", "--format", "json", ctx),
+        ("plan", bad),  # a Dockerfile error: exit 1, the line and a did-you-mean
+        ("build", "--progress=quiet", "-t", "same", ctx),
+        ("build", "--progress=quiet", failing),  # a failing RUN: exit 1, step and exit code
+        ("image", "ls"),
+        ("no-such-command",),  # argparse: exit 2
+    ]
+    for args in commands:
+        served = nbbuild(*args, env=env)
+        here = nbbuild(*args, env={**env, "NBBUILD_SERVER": "0"})
+        if args[0] == "build" and "--progress=quiet" in args and here.returncode == 0:
+            # an image's config records when it was built (as BuildKit's does): the IDs differ
+            assert served.stdout.startswith("sha256:") and here.stdout.startswith("sha256:")
+            served.stdout = here.stdout = "<image id>"
+        assert (served.returncode, served.stdout, served.stderr) == (
+            here.returncode,
+            here.stdout,
+            here.stderr,
+        ), args
+    assert nbbuild("plan", bad, env=env).returncode == 1
+    assert "RUN" in nbbuild("plan", bad, env=env).stderr
+    assert nbbuild("no-such-command", env=env).returncode == 2
+    assert len(running(servers)) == 1  # all of them through one server
+    assert running(servers)[0].last_error == ""  # and none fell back to running in-process
+
+
+def test_the_child_has_the_commands_directory_environment_stdin_and_descriptors(
+    servers: Path, tar: Path, tmp_path: Path
+) -> None:
+    root = wb.new_store(tmp_path / "store", tar)
+    env = env_for(servers, root)
+    info = warm(servers, env)
+    ctx = wb.write_files(tmp_path / "ctx", {"hello.txt": "hi\n"})
+    # the working directory: a relative context; stdin: the Dockerfile (-f -)
+    out = tmp_path / "out"
+    proc = nbbuild(
+        "build", "--progress=quiet", "-f", "-", "-o", f"type=local,dest={out}", ".",
+        env=env, cwd=ctx, input=DOCKERFILE,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    assert (out / "copied").read_text() == "hi\n"
+    # the environment of this command, not the server's: another store
+    other = wb.new_store(tmp_path / "other", tar)
+    proc = nbbuild("build", "--progress=quiet", "-t", "elsewhere", "-f", "-", ctx,
+                   env=env_for(servers, other), input=DOCKERFILE)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    assert "elsewhere" in nbbuild("image", "ls", env=env_for(servers, other)).stdout
+    assert "elsewhere" not in nbbuild("image", "ls", env=env).stdout
+    # a descriptor other than 0-2, by its number (bash's <(...) gives /dev/fd/63)
+    read_end, write_end = os.pipe()
+    os.write(write_end, DOCKERFILE.encode())
+    os.close(write_end)
+    try:
+        proc = nbbuild(
+            "build", "--progress=quiet", "-f", f"/dev/fd/{read_end}", "-o",
+            f"type=local,dest={tmp_path / 'out2'}", ctx, env=env, pass_fds=(read_end,),
+        )  # fmt: skip
+    finally:
+        os.close(read_end)
+    assert proc.returncode == 0, proc.stderr
+    assert (tmp_path / "out2" / "copied").read_text() == "hi\n"
+    # the umask: an output file the build makes is created under the command's umask
+    proc = nbbuild(
+        "build", "--progress=quiet", "--metadata-file", tmp_path / "meta.json", "-f", "-", ctx,
+        env=env, input=DOCKERFILE, preexec_fn=lambda: os.umask(0o077),
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    assert (tmp_path / "meta.json").stat().st_mode & 0o777 == 0o600
+    assert [s.pid for s in running(servers)] == [info.pid]  # all served by the same server
+
+
+def test_a_command_killed_with_sigkill_takes_its_build_with_it(
+    servers: Path, tar: Path, tmp_path: Path
+) -> None:
+    root = wb.new_store(tmp_path / "store", tar)
+    env = env_for(servers, root)
+    info = warm(servers, env)
+    ctx = wb.write_files(tmp_path / "ctx", {"Dockerfile": SLEEPY})
+    run = subprocess.Popen(
+        [sys.executable, "-m", "nbbuild", "build", "--progress=plain", "-t", "nap", str(ctx)],
+        env=env,
+        cwd=wb.REPO,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        sleeper = wb.wait_for_container(root, ("sleep", "30"), alive=lambda: run.poll() is None)
+        engine = wb.engine_of(root)
+        assert engine in children_of(info.pid)
+        run.kill()
+        run.wait()
+    finally:
+        if run.poll() is None:
+            run.kill()
+            run.wait()
+    from engine.store.leases import process_start_ticks
+
+    # the engine, the runtime and the container are gone, nothing is mounted
+    assert wb.wait_for(lambda: process_start_ticks(sleeper[0]) != sleeper[1], timeout=10.0)
+    assert wb.wait_for(lambda: not wb.store_processes(root), timeout=10.0), wb.store_processes(root)
+    assert wb.wait_for(lambda: engine not in children_of(info.pid), timeout=10.0)
+    assert wb.host_mounts(root) == []
+    # the next open sweeps the dead build's lease; the same build then succeeds
+    wb.check_clean(root)
+    assert wb.live_leases(root) == 0
+    proc = nbbuild("build", "--progress=quiet", "--build-arg", "NAP=0", "-t", "nap", ctx, env=env)
+    assert proc.returncode == 0, proc.stderr
+    assert wb.runtime_entries(engine) == []
+    assert [s.pid for s in running(servers)] == [info.pid]  # the server lives on
+
+
+def test_a_command_ends_as_its_child_ended_even_by_a_signal(
+    servers: Path, tar: Path, tmp_path: Path
+) -> None:
+    root = wb.new_store(tmp_path / "store", tar)
+    env = env_for(servers, root)
+    info = warm(servers, env)
+    ctx = wb.write_files(tmp_path / "ctx", {"Dockerfile": SLEEPY})
+    run = subprocess.Popen(
+        [sys.executable, "-m", "nbbuild", "build", "--progress=plain", str(ctx)],
+        env=env,
+        cwd=wb.REPO,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        wb.wait_for_container(root, ("sleep", "30"), alive=lambda: run.poll() is None)
+        engine = wb.engine_of(root)
+        os.kill(engine, signal.SIGKILL)  # the engine dies (as by the OOM killer)
+        code = run.wait(timeout=30)
+    finally:
+        if run.poll() is None:
+            run.kill()
+            run.wait()
+    assert code == -signal.SIGKILL
+    assert wb.wait_for(lambda: not wb.store_processes(root), timeout=10.0)
+    assert [s.pid for s in running(servers)] == [info.pid]
+
+
+def test_a_command_with_a_low_descriptor_limit(servers: Path, tar: Path, tmp_path: Path) -> None:
+    """The child lays the client's descriptors out within the client's own limit (a limit is
+    part of the key: the server runs with the limit of the command that started it)."""
+    import resource
+
+    root = wb.new_store(tmp_path / "store", tar)
+    env = env_for(servers, root)
+
+    def low() -> None:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (64, 64))
+
+    first = nbbuild("image", "ls", env=env, preexec_fn=low)
+    assert first.returncode == 0, first.stderr
+    assert wb.wait_for(lambda: bool(list(servers.glob("*.sock"))), timeout=60.0)
+    for _ in range(3):
+        proc = nbbuild("image", "ls", env=env, preexec_fn=low)
+        assert (proc.returncode, proc.stdout) == (first.returncode, first.stdout), proc.stderr
+    [info] = running(servers)
+    assert info.last_error == ""
+    ctx = wb.write_files(tmp_path / "ctx", {"Dockerfile": SLEEPY})
+    run = subprocess.Popen(
+        [sys.executable, "-m", "nbbuild", "build", "--progress=plain", str(ctx)],
+        env=env, cwd=wb.REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        preexec_fn=low,
+    )  # fmt: skip
+    try:
+        wb.wait_for_container(root, ("sleep", "30"), alive=lambda: run.poll() is None)
+        assert wb.engine_of(root) in children_of(info.pid)  # it ran in the server's child
+    finally:
+        run.kill()
+        run.wait()
+    assert wb.wait_for(lambda: not wb.store_processes(root), timeout=10.0)
+
+
+def test_another_key_gets_its_own_server_and_idle_servers_exit(
+    servers: Path, tar: Path, tmp_path: Path
+) -> None:
+    root = wb.new_store(tmp_path / "store", tar)
+    env = env_for(servers, root, NBBUILD_SERVER_IDLE="3")
+    first = warm(servers, env)
+    # PYTHONHASHSEED changes how Python runs: not the same server
+    other_env = {**env, "PYTHONHASHSEED": "7"}
+    nbbuild("image", "ls", env=other_env)
+    assert wb.wait_for(lambda: len(running(servers)) == 2, timeout=60.0), running(servers)
+    assert first.pid in [s.pid for s in running(servers)]
+    # with nothing to do they exit, and remove their sockets
+    assert wb.wait_for(lambda: running(servers) == [], timeout=30.0), running(servers)
+    assert list(servers.glob("*.sock")) == []
+
+
+def test_stop_and_a_dead_servers_socket(servers: Path, tar: Path, tmp_path: Path) -> None:
+    root = wb.new_store(tmp_path / "store", tar)
+    env = env_for(servers, root)
+    info = warm(servers, env)
+    stopped = nbbuild("server", "stop", env=env)
+    assert stopped.returncode == 0
+    assert f"stopped: pid {info.pid}" in stopped.stdout
+    assert running(servers) == []
+    assert "no server is running" in nbbuild("server", "status", env=env).stdout
+    # a server killed outright leaves its socket behind: commands still work (here), and the
+    # next server takes the name over
+    info = warm(servers, env)
+    os.kill(info.pid, signal.SIGKILL)
+    assert wb.wait_for(lambda: running(servers) == [], timeout=10.0)
+    assert list(servers.glob("*.sock"))  # stale
+    proc = nbbuild("image", "ls", env=env)
+    assert proc.returncode == 0, proc.stderr
+    again = warm(servers, env)
+    assert again.pid != info.pid
+    assert nbbuild("image", "ls", env=env).returncode == 0
+
+
+def test_a_server_directory_that_is_not_private_is_not_used(
+    servers: Path, tar: Path, tmp_path: Path
+) -> None:
+    root = wb.new_store(tmp_path / "store", tar)
+    shared = servers / "shared"
+    shared.mkdir(mode=0o755)
+    shared.chmod(0o755)
+    env = env_for(shared, root)
+    for _ in range(2):
+        proc = nbbuild("image", "ls", env=env)
+        assert proc.returncode == 0, proc.stderr
+    time.sleep(1.0)
+    assert running(shared) == []
+    assert list(shared.iterdir()) == []
+    # NBBUILD_SERVER=0: never a server
+    off = env_for(servers, root, NBBUILD_SERVER="0")
+    for _ in range(2):
+        assert nbbuild("image", "ls", env=off).returncode == 0
+    time.sleep(1.0)
+    assert running(servers) == []
+
+
+def test_the_key_follows_what_decides_how_python_runs(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    key = client.server_key()
+    monkeypatch.setenv("NBBUILD_ROOT", str(tmp_path))  # read per command: same server
+    monkeypatch.setenv("SOME_TOOL_SETTING", "1")
+    assert client.server_key() == key
+    monkeypatch.setenv("PYTHONWARNINGS", "error")
+    assert client.server_key() != key
+    monkeypatch.delenv("PYTHONWARNINGS")
+    monkeypatch.setenv("LC_ALL", "C")
+    assert client.server_key() != key
+    monkeypatch.delenv("LC_ALL")
+    assert client.server_key() == key
+    # the package's code: a changed file is another fingerprint
+    pkg = tmp_path / "pkg"
+    (pkg / "sub").mkdir(parents=True)
+    (pkg / "a.py").write_text("x = 1\n")
+    (pkg / "sub" / "b.py").write_text("y = 2\n")
+    before = client._code_fingerprint([str(pkg)])
+    assert [Path(p).name for p, _, _ in before] == ["a.py", "b.py"]
+    (pkg / "sub" / "b.py").write_text("y = 3\n")
+    os.utime(pkg / "sub" / "b.py", ns=(1, 1))
+    assert client._code_fingerprint([str(pkg)]) != before
+
+
+def test_which_commands_use_a_server(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("NBBUILD_SERVER", raising=False)
+    assert client._wanted(["nbbuild", "build", "."])
+    assert not client._wanted(["nbbuild", "server", "stop"])
+    assert not client._wanted(["nbbuild", "unshare"])  # needs the terminal it runs in
+    for off in ("0", "off", "no", "false"):
+        monkeypatch.setenv("NBBUILD_SERVER", off)
+        assert not client._wanted(["nbbuild", "build", "."])
+
+
+def test_an_idle_server_exits_when_its_code_changed_or_its_socket_went(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Commands of edited or reinstalled code have another key: the old server would only
+    wait out its idle time, so it checks (when idle) and exits; as it does when its socket was
+    removed (``nbbuild server stop``) or taken over."""
+    import threading
+
+    monkeypatch.setattr(server, "_CHECK_EVERY", 0.05)
+    for cause in ("code", "socket"):
+        path = tmp_path / f"{cause}.sock"
+        listener = server._listen(path)
+        changed = threading.Event()
+        serving = threading.Thread(
+            target=server._serve,
+            args=(listener, path, server._socket_ids(path), 3600.0, lambda c=changed: not c.is_set()),
+        )
+        serving.start()
+        try:
+            time.sleep(0.3)
+            assert serving.is_alive()
+            if cause == "code":
+                changed.set()
+            else:
+                path.unlink()
+            serving.join(timeout=5.0)
+            assert not serving.is_alive()
+        finally:
+            changed.set()
+            serving.join(timeout=5.0)
+            listener.close()
