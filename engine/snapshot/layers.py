@@ -21,12 +21,13 @@ from __future__ import annotations
 
 import os
 import stat
+import threading
 from collections.abc import Sequence
 from pathlib import Path, PurePosixPath
 
 from engine.snapshot.errors import SnapshotError
 
-__all__ = ["LayerView", "is_opaque_dir", "is_whiteout"]
+__all__ = ["ChainView", "LayerView", "chain_view", "is_opaque_dir", "is_whiteout"]
 
 _OPAQUE_XATTRS = ("trusted.overlay.opaque", "user.overlay.opaque")
 # the kernel's own limit (MAXSYMLINKS is 40); more means a loop or an attack
@@ -83,6 +84,10 @@ class LayerView:
         parts = tuple(_split(path))
         if not parts:
             return self._top_first[0]
+        return self._lookup_parts(parts)
+
+    def _lookup_parts(self, parts: tuple[str, ...]) -> Path | None:
+        """:meth:`lookup` of a split, non-empty path, remembered."""
         try:
             return self._memo[parts]
         except KeyError:
@@ -177,3 +182,62 @@ class LayerView:
             return b"".join(chunks)
         finally:
             os.close(fd)
+
+
+class ChainView(LayerView):
+    """The view of a chain that is a known chain (``below``) plus one layer on top.
+
+    The top layer changes only what lies under its own entries: where a path leaves the top
+    layer's directories (the next name is not there), and no directory on the way is opaque,
+    the path resolves exactly as in the chain below, and that view answers (from what it
+    remembers). Consecutive RUN steps then find /etc/passwd, /etc/group and the mount points'
+    parents by looking at one layer, not at their whole chain again (a RUN layer usually holds
+    a copied-up /etc and the step's own files); layers are immutable once committed.
+    """
+
+    def __init__(self, layers: Sequence[Path], below: LayerView) -> None:
+        super().__init__(layers)
+        self._below = below
+        self._top = self._top_first_str[0]
+
+    def _lookup(self, parts: tuple[str, ...]) -> Path | None:
+        # Called by lookup() on a miss of this view's memo; the answer is remembered here, so
+        # the next step's view, which asks this one, stops at it instead of recursing through
+        # every older step's view (each RUN layer holds a copied-up /etc: the stubs' parent).
+        if ".." in parts:
+            return super()._lookup(parts)
+        current = self._top
+        last = len(parts) - 1
+        for i, name in enumerate(parts):
+            current = current + "/" + name
+            try:
+                st = os.lstat(current)
+            except (FileNotFoundError, NotADirectoryError):
+                return self._below._lookup_parts(parts)  # nothing of the top layer on the way
+            if i == last or not stat.S_ISDIR(st.st_mode) or is_opaque_dir(current):
+                break  # the top layer has a say: resolve here
+        return super()._lookup(parts)
+
+
+_CHAINS_KEPT = 16
+_chains: dict[tuple[Path, ...], LayerView] = {}
+_chains_lock = threading.Lock()
+
+
+def chain_view(layers: Sequence[Path]) -> LayerView:
+    """The merged view of a chain of **committed** (never again written) layer dirs, bottom
+    first, shared by whoever asks for the same chain in this process (a RUN step's runner
+    making mount points, then its executor resolving USER and stubs); a chain that is a recent
+    chain plus one layer (a build's next RUN) answers through that chain's view
+    (:class:`ChainView`). The last few chains are kept."""
+    chain = tuple(Path(p) for p in layers)
+    with _chains_lock:
+        view = _chains.pop(chain, None)
+        below = _chains.get(chain[:-1]) if view is None and len(chain) > 1 else None
+    if view is None:
+        view = LayerView(chain) if below is None else ChainView(chain, below)
+    with _chains_lock:
+        _chains[chain] = view
+        while len(_chains) > _CHAINS_KEPT:
+            del _chains[next(iter(_chains))]
+    return view

@@ -25,6 +25,8 @@ opaque markers to understand.
 
 from __future__ import annotations
 
+import functools
+import os
 import shutil
 import subprocess
 from collections.abc import Sequence
@@ -33,7 +35,7 @@ from pathlib import Path
 
 from engine.snapshot.errors import SnapshotError
 
-__all__ = ["OverlayMount", "mount_overlay", "opaque_xattr"]
+__all__ = ["OverlayMount", "mount_overlay", "opaque_xattr", "volatile_supported"]
 
 # mount(2) copies the data argument into one page; longer option strings are cut off
 _MAX_OPTIONS = 4095
@@ -73,8 +75,18 @@ class OverlayMount:
         if not self.lowers:
             raise SnapshotError("an overlay needs at least one lower layer")
 
-    def options(self) -> str:
-        """The ``-o`` option string for ``mount -t overlay``."""
+    def options(self, *, volatile: bool = False) -> str:
+        """The ``-o`` option string for ``mount -t overlay``.
+
+        ``volatile`` (Linux >= 5.10, see :func:`volatile_supported`): the overlay skips its
+        syncs of the upper filesystem - the ``sync_filesystem`` of the whole upper filesystem
+        when the mount goes away (at the end of every step: the namespace dies), and a step's
+        own ``fsync`` calls. For a mount whose upper dir is committed by
+        :meth:`engine.store.store.Store.commit`, which ``syncfs``-es that filesystem before any
+        row names the diff, they only flushed earlier what that flush makes durable anyway
+        (a crash before it leaves a rowless directory, swept). The work dir must be fresh (a
+        volatile mount marks it, and refuses a marked one).
+        """
         lowers = [_check_dir_path(p, "lower") for p in reversed(self.lowers)]
         upper = _check_dir_path(self.upper, "upper")
         work = _check_dir_path(self.work, "work")
@@ -87,6 +99,8 @@ class OverlayMount:
             # xattrs: trusted.* needs CAP_SYS_ADMIN in the initial namespace (kernel >= 5.11).
             # ("redirect_dir=off" means "follow existing redirects", which userxattr refuses.)
             opts = opts.replace("redirect_dir=off", "redirect_dir=nofollow") + ",userxattr"
+        if volatile:
+            opts += ",volatile"
         if len(opts) > _MAX_OPTIONS:
             raise SnapshotError(
                 f"overlay options are {len(opts)} bytes ({len(self.lowers)} lower layers); "
@@ -114,6 +128,17 @@ def mount_overlay(lowers: Sequence[Path], upper: Path, work: Path, target: Path)
     if proc.returncode != 0:
         raise SnapshotError(f"mount overlay at {target}: {proc.stderr.strip() or proc.returncode}")
     return overlay
+
+
+@functools.cache
+def volatile_supported() -> bool:
+    """Whether the running kernel's overlayfs knows the ``volatile`` option (Linux 5.10)."""
+    release = os.uname().release
+    try:
+        major, minor = (int(part) for part in release.split(".")[:2])
+    except ValueError:
+        return False
+    return (major, minor) >= (5, 10)
 
 
 def _initial_namespace() -> bool:

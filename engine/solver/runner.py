@@ -31,7 +31,7 @@ from engine.graph.ops import (
     ImageSource,
 )
 from engine.graph.vertex import Vertex
-from engine.snapshot.layers import LayerView
+from engine.snapshot.layers import chain_view
 from engine.snapshot.overlay import OverlayMount
 from engine.snapshot.snapshotter import run_step
 from engine.store.store import Lease, Store
@@ -206,13 +206,13 @@ class OpRunner:
             raise BuildError(f"{name}: this host cannot run containers (see nbbuild doctor)")
         root = inputs[0] if inputs and op.mounts and op.mounts[0].input == 0 else None
         base = root.layers if root is not None else ()
-        upper = self.store.new_diff_dir(lease)
-        work = self.store.new_diff_dir(lease)
         lowers = self._paths(base)
+        # the upper dir, overlayfs's work dir, and the empty lower of a scratch RUN
+        upper, work, *scratch = self.store.new_diff_dirs(lease, 2 if lowers else 3)
         _premake_mountpoints(lowers, upper)
         empty: Path | None = None
         if not lowers:
-            empty = self.store.new_diff_dir(lease)
+            empty = scratch[0]
             lowers = [empty]
         tail: collections.deque[str] = collections.deque(maxlen=LOG_TAIL_LINES)
         partial = {1: b"", 2: b""}
@@ -336,7 +336,7 @@ _MOUNTPOINTS = ("dev", "proc", "sys")
 def _premake_mountpoints(lowers: Sequence[Path], upper: Path) -> None:
     import os
 
-    present = LayerView(list(lowers)) if lowers else None
+    present = chain_view(lowers) if lowers else None  # the executor's view of this chain
     for name in _MOUNTPOINTS:
         if present is not None and present.lookup("/" + name) is not None:
             continue

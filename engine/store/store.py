@@ -259,6 +259,11 @@ class Store:
 
     def new_diff_dir(self, lease: Lease) -> Path:
         """A fresh, empty directory under ``snapshots/tmp`` to write one diff into."""
+        return self.new_diff_dirs(lease, 1)[0]
+
+    def new_diff_dirs(self, lease: Lease, count: int) -> list[Path]:
+        """``count`` fresh, empty directories as :meth:`new_diff_dir` makes them, registered
+        in one transaction (a RUN step's upper and work dirs)."""
         if _outside_namespace():
             if _degraded():
                 self._claim_degraded()  # the PRoot worker's own store (engine.userns.degraded)
@@ -274,23 +279,26 @@ class Store:
                     f"cannot write snapshots outside a user namespace "
                     f"({userns_error() or 'none was entered'}); {NO_USERNS_HINT}{hint()}"
                 )
-        snapshot_id = new_id()
+        snapshot_ids = [new_id() for _ in range(count)]
         try:
             with self.db.transaction() as conn:
-                # The row first: a sweep that lists the directory afterwards sees it.
-                conn.execute(
+                # The rows first: a sweep that lists the directory afterwards sees them.
+                conn.executemany(
                     "INSERT INTO lease_snapshots (snapshot_id, lease_id) VALUES (?, ?)",
-                    (snapshot_id, lease.id),
+                    [(snapshot_id, lease.id) for snapshot_id in snapshot_ids],
                 )
         except sqlite3.IntegrityError:
             raise StoreError(f"lease {lease.id} is no longer held") from None
-        path = self.tmp_dir / snapshot_id
-        try:
-            path.mkdir(mode=0o755)
-            os.chmod(path, 0o755)  # the rootfs's "/" in an overlay: not subject to umask
-        except OSError as exc:
-            raise StoreError(f"cannot create {path}: {exc.strerror}") from None
-        return path
+        paths = []
+        for snapshot_id in snapshot_ids:
+            path = self.tmp_dir / snapshot_id
+            try:
+                path.mkdir(mode=0o755)
+                os.chmod(path, 0o755)  # the rootfs's "/" in an overlay: not subject to umask
+            except OSError as exc:
+                raise StoreError(f"cannot create {path}: {exc.strerror}") from None
+            paths.append(path)
+        return paths
 
     def discard_diff_dir(self, lease: Lease, path: Path) -> None:
         """Give back a directory from :meth:`new_diff_dir` that will not be committed."""

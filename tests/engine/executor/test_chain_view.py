@@ -12,9 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from engine.executor.oci import _ChainView
 from engine.snapshot.errors import SnapshotError
-from engine.snapshot.layers import LayerView
+from engine.snapshot.layers import ChainView, LayerView, chain_view
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="whiteouts are 0:0 devices")
 
@@ -74,7 +73,7 @@ def test_a_chain_view_answers_as_a_fresh_view(tmp_path: Path, seed: int) -> None
     below = LayerView(layers[:-1])
     for path in rnd.sample(PATHS, 8):  # the step below asked some paths already
         below.lookup(path)
-    chained = _ChainView(layers, below)
+    chained = ChainView(layers, below)
     fresh = LayerView(layers)
     for path in PATHS:
         assert chained.lookup(path) == fresh.lookup(path), path
@@ -91,3 +90,54 @@ def _outcome(fn: Callable[..., object], *args: object, **kwargs: object) -> obje
         return fn(*args, **kwargs)
     except SnapshotError as exc:
         return ("error", str(exc))
+
+
+def test_a_chain_of_views_answers_from_the_view_below_without_rewalking_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # 40 RUN-like layers: each holds a copied-up /etc (the stubs' parent) and its own file
+    base = tmp_path / "base"
+    (base / "etc").mkdir(parents=True)
+    (base / "etc" / "passwd").write_text("root:x:0:0:root:/root:/bin/sh\n")
+    view: LayerView = LayerView([base])
+    chain: tuple[Path, ...] = (base,)
+    for i in range(40):
+        layer = tmp_path / f"l{i}"
+        (layer / "etc").mkdir(parents=True)
+        (layer / f"s{i}").write_text(str(i))
+        chain = (*chain, layer)
+        view = ChainView(chain, view)
+        assert view.read_file("/etc/passwd") == b"root:x:0:0:root:/root:/bin/sh\n"
+        assert view.lookup("/etc/hosts") is None
+    # the next step's view: its answers come from the top layer and the memo below
+    layer = tmp_path / "top"
+    (layer / "etc").mkdir(parents=True)
+    top = ChainView((*chain, layer), view)
+    looked: list[str] = []
+    real_lstat = os.lstat
+
+    def counting_lstat(path: str | Path) -> os.stat_result:
+        looked.append(os.fspath(path))
+        return real_lstat(path)
+
+    monkeypatch.setattr(os, "lstat", counting_lstat)
+    assert top.lookup("/etc/passwd") == base / "etc" / "passwd"
+    assert top.lookup("/etc/hosts") is None
+    assert all(p.startswith(os.fspath(layer)) for p in looked), looked
+
+
+def test_chain_view_is_shared_and_chains_the_next_step(tmp_path: Path) -> None:
+    # the runner (mount points) and the executor (USER, stubs) of one step share a view;
+    # the next step's chain answers through it
+    layers = []
+    for i in range(3):
+        layer = tmp_path / f"l{i}"
+        (layer / "etc").mkdir(parents=True)
+        layers.append(layer)
+    (layers[0] / "etc" / "passwd").write_text("root:x:0:0::/root:/bin/sh\n")
+    first = chain_view(layers[:2])
+    assert chain_view(tuple(layers[:2])) is first
+    following = chain_view(layers)
+    assert isinstance(following, ChainView) and following is not first
+    assert following.lookup("/etc/passwd") == layers[0] / "etc" / "passwd"
+    assert first.lookup("/etc/passwd") == layers[0] / "etc" / "passwd"

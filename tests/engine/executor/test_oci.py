@@ -242,3 +242,76 @@ def test_runc_runs_the_same_spec(busybox_rootfs: Path, tmp_path: Path, state_dir
     assert result.ok
     assert b"".join(out) == b"buildkitsandbox\n65534\n"
     assert not (overlay.upper / "etc" / "hosts").exists()
+
+
+# -- supervision from the step's own thread (no reader or watcher threads) -------------------
+
+
+def test_large_interleaved_output_is_delivered_whole(sandbox: Sandbox) -> None:
+    # more than a pipe buffer on each stream, written in turns: neither pipe may stall
+    run = sandbox.sh(
+        "i=0; while [ $i -lt 2000 ]; do "
+        'echo "out $i ................................................................"; '
+        'echo "err $i ................................................................" >&2; '
+        "i=$((i+1)); done"
+    )
+    assert run.result.ok
+    assert run.stdout.splitlines() == [f"out {i} " + "." * 64 for i in range(2000)]
+    assert run.stderr.splitlines() == [f"err {i} " + "." * 64 for i in range(2000)]
+
+
+@pytest.mark.parametrize("pidfd", [True, False], ids=["pidfd", "no-pidfd"])
+def test_step_that_closes_its_pipes_early_is_waited_for(
+    sandbox: Sandbox, monkeypatch: pytest.MonkeyPatch, pidfd: bool
+) -> None:
+    if not pidfd:
+        monkeypatch.setattr("engine.executor.oci._pidfd_open", lambda pid: None)
+    start = time.monotonic()
+    run = sandbox.sh("echo before; exec >&- 2>&-; sleep 0.4; touch /done; exit 7")
+    assert run.result.exit_code == 7
+    assert run.stdout == "before\n"
+    assert time.monotonic() - start >= 0.4
+    assert (run.overlay.upper / "done").exists()
+
+
+@pytest.mark.parametrize("pidfd", [True, False], ids=["pidfd", "no-pidfd"])
+def test_cancel_after_the_pipes_closed(
+    sandbox: Sandbox, monkeypatch: pytest.MonkeyPatch, pidfd: bool
+) -> None:
+    if not pidfd:
+        monkeypatch.setattr("engine.executor.oci._pidfd_open", lambda pid: None)
+    cancel = threading.Event()
+    threading.Timer(0.3, cancel.set).start()
+    start = time.monotonic()
+    result = sandbox.executor.run(
+        ProcessSpec(("sh", "-c", "exec >&- 2>&-; sleep 100")), sandbox.overlay(), cancel=cancel
+    )
+    assert result.cancelled and not result.ok
+    assert time.monotonic() - start < 3.0
+
+
+def test_no_thread_is_started_for_a_step(sandbox: Sandbox) -> None:
+    cancel = threading.Event()
+    sandbox.sh("true")  # the executor's own one-time set-up (background removals) done
+    before = threading.active_count()
+    seen: list[int] = []
+    result = sandbox.executor.run(
+        ProcessSpec(("sh", "-c", "echo a; sleep 0.2; echo b >&2")),
+        sandbox.overlay(),
+        stdout=lambda _: seen.append(threading.active_count()),
+        stderr=lambda _: seen.append(threading.active_count()),
+        cancel=cancel,
+    )
+    assert result.ok
+    assert seen and max(seen) <= before
+
+
+def test_the_steps_overlay_is_volatile_where_the_kernel_has_it(sandbox: Sandbox) -> None:
+    # no sync of the whole upper filesystem when the step's mount goes away: the store's
+    # commit flushes it (syncfs) before a row names the diff; a volatile mount marks its work dir
+    from engine.snapshot.overlay import volatile_supported
+
+    run = sandbox.sh("echo x > /f; sync")
+    assert run.result.ok and (run.overlay.upper / "f").read_text() == "x\n"
+    marked = (run.overlay.work / "work" / "incompat" / "volatile").exists()
+    assert marked is volatile_supported()

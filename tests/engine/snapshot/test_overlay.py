@@ -118,6 +118,19 @@ def test_options_order_and_validation(tmp_path: Path) -> None:
         OverlayMount((), Path("/u"), Path("/w"))
 
 
+def test_volatile_option_only_when_asked(monkeypatch: pytest.MonkeyPatch) -> None:
+    ov = OverlayMount((Path("/l"),), Path("/u"), Path("/w"))
+    assert "volatile" not in ov.options()
+    assert ov.options(volatile=True).split(",")[-1] == "volatile"
+    from engine.snapshot import overlay
+
+    for release, expected in [("5.4.0-150-generic", False), ("5.10.0", True), ("6.18.1", True)]:
+        overlay.volatile_supported.cache_clear()
+        monkeypatch.setattr(overlay.os, "uname", lambda r=release: os.uname_result(("", "", r, "", "")))
+        assert overlay.volatile_supported() is expected, release
+    overlay.volatile_supported.cache_clear()
+
+
 def test_layer_view_resolves_symlinks_inside_the_view(tmp_path: Path) -> None:
     root = tmp_path / "root"
     (root / "private" / "etc").mkdir(parents=True)

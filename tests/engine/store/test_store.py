@@ -249,6 +249,23 @@ def test_new_diff_dir_and_lease_cleanup(store: Store) -> None:
         assert conn.execute("SELECT COUNT(*) FROM lease_snapshots").fetchone()[0] == 0
 
 
+def test_new_diff_dirs_registers_several_under_the_lease(store: Store) -> None:
+    with store.lease() as lease:
+        dirs = store.new_diff_dirs(lease, 3)
+        assert len(set(dirs)) == 3 and all(d.parent == store.tmp_dir for d in dirs)
+        assert all(stat.S_IMODE(d.stat().st_mode) == 0o755 and not os.listdir(d) for d in dirs)
+        with store.db.reading() as conn:
+            rows = conn.execute(
+                "SELECT snapshot_id FROM lease_snapshots WHERE lease_id = ?", (lease.id,)
+            ).fetchall()
+        assert sorted(r[0] for r in rows) == sorted(d.name for d in dirs)
+        (dirs[0] / "f").write_text("x")
+    assert os.listdir(store.tmp_dir) == []
+    with pytest.raises(StoreError, match="no longer held"):
+        store.new_diff_dirs(lease, 2)
+    assert os.listdir(store.tmp_dir) == []
+
+
 def test_released_lease_cannot_be_used(store: Store) -> None:
     with store.lease() as lease:
         r = commit(store, lease, ["k"])
