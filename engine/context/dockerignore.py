@@ -29,7 +29,9 @@ __all__ = [
     "PatternError",
     "PatternMatcher",
     "go_clean",
+    "ignore_rules",
     "load_ignore_rules",
+    "read_dockerfile_ignore",
     "read_ignore_lines",
 ]
 
@@ -407,25 +409,58 @@ def load_ignore_rules(
     Raises:
         ContextError: the ignore file cannot be read or has an invalid pattern.
     """
-    rules = _load_ignore_file(context_dir, dockerfile_path)
+    return ignore_rules(context_dir, read_dockerfile_ignore(context_dir, dockerfile_path), extra)
+
+
+def read_dockerfile_ignore(
+    context_dir: Path, dockerfile_path: Path | None
+) -> tuple[Path, bytes] | None:
+    """``<Dockerfile-name>.dockerignore`` beside the Dockerfile and its bytes, None when absent.
+
+    Read apart from :func:`ignore_rules` so that a caller can key what it remembers by the
+    very bytes the rules came from (the file may lie outside the context).
+
+    Raises:
+        ContextError: the file exists but cannot be read.
+    """
+    if dockerfile_path is None:
+        return None
+    df = dockerfile_path if dockerfile_path.is_absolute() else context_dir / dockerfile_path
+    candidate = df.with_name(df.name + ".dockerignore")
+    data = _read_optional(candidate)
+    return None if data is None else (candidate, data)
+
+
+def ignore_rules(
+    context_dir: Path, own: tuple[Path, bytes] | None, extra: Sequence[str] = ()
+) -> IgnoreRules:
+    """The rules from the Dockerfile's own ignore file (``own``, as
+    :func:`read_dockerfile_ignore` returns it) or else ``<context>/.dockerignore``, with
+    ``extra`` first (see :func:`load_ignore_rules`).
+
+    Raises:
+        ContextError: the ignore file cannot be read or has an invalid pattern.
+    """
+    if own is None:
+        candidate = context_dir / ".dockerignore"
+        data = _read_optional(candidate)
+        own = None if data is None else (candidate, data)
+    if own is None:
+        rules = IgnoreRules(PatternMatcher(()), source="")
+    else:
+        # Paths are bytes on Linux: keep undecodable bytes round-trippable like os.fsdecode.
+        rules = IgnoreRules.from_text(own[1].decode("utf-8", "surrogateescape"), source=str(own[0]))
     if not extra:
         return rules
-    return IgnoreRules.from_patterns([*extra, *rules.patterns], source=rules.source or "extra excludes")
+    return IgnoreRules.from_patterns(
+        [*extra, *rules.patterns], source=rules.source or "extra excludes"
+    )
 
 
-def _load_ignore_file(context_dir: Path, dockerfile_path: Path | None) -> IgnoreRules:
-    candidates: list[Path] = []
-    if dockerfile_path is not None:
-        df = dockerfile_path if dockerfile_path.is_absolute() else context_dir / dockerfile_path
-        candidates.append(df.with_name(df.name + ".dockerignore"))
-    candidates.append(context_dir / ".dockerignore")
-    for candidate in candidates:
-        try:
-            data = candidate.read_bytes()
-        except FileNotFoundError:
-            continue
-        except OSError as exc:
-            raise ContextError(f"failed to read {candidate}: {exc.strerror or exc}") from None
-        # Paths are bytes on Linux: keep undecodable bytes round-trippable like os.fsdecode.
-        return IgnoreRules.from_text(data.decode("utf-8", "surrogateescape"), source=str(candidate))
-    return IgnoreRules(PatternMatcher(()), source="")
+def _read_optional(path: Path) -> bytes | None:
+    try:
+        return path.read_bytes()
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        raise ContextError(f"failed to read {path}: {exc.strerror or exc}") from None

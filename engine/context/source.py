@@ -3,16 +3,28 @@
 One :class:`ContextHasher` serves a whole plan or build: each context directory is opened
 once (its ``.dockerignore`` read once, one stat-cache session for all its selectors), so a
 no-op rebuild re-reads no unchanged file.
+
+In a process that watches contexts (:mod:`engine.context.watch`), what a hasher computed is
+kept for the next ones: a checksum (with its manifest) is reused without walking while the
+watch vouches that nothing under the root changed since the walk began. Everything else that
+decides the answer is in the key: the root, main or named context, the Dockerfile path, the
+bytes of ``<Dockerfile>.dockerignore`` (it may lie outside the root, where no watch sees it;
+``<root>/.dockerignore`` is inside, so its change is an event), the extra excludes and the
+selection.
 """
 
 from __future__ import annotations
 
 import contextlib
+import os
+import threading
 from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 from engine.context import checksum as _checksum
-from engine.context.dockerignore import load_ignore_rules
+from engine.context import watch as _watch
+from engine.context.dockerignore import ignore_rules, read_dockerfile_ignore
 from engine.context.statcache import StatCache, StatCacheSession
 from engine.context.tree import ContextTree
 from engine.digest import sha256_digest
@@ -20,6 +32,11 @@ from engine.graph.ops import ContentSpec, LocalSource
 from engine.store.metadb import MetaDB, open_meta_db
 
 __all__ = ["ContextHasher"]
+
+# Process-wide: reuse key (see _reuse_key) -> (watch generation, checksum, manifest).
+_KEPT: dict[tuple[Any, ...], tuple[int, str, dict[str, str]]] = {}
+_KEPT_MAX = 64  # selections; a manifest is one entry per file
+_kept_lock = threading.Lock()
 
 
 class ContextHasher:
@@ -55,22 +72,51 @@ class ContextHasher:
         self._trees: dict[tuple[bool, str], tuple[ContextTree, StatCacheSession | None]] = {}
         self._memo: dict[tuple[bool, str, ContentSpec], str] = {}
         self._manifests: dict[tuple[bool, str, ContentSpec], dict[str, str]] = {}
+        # <Dockerfile>.dockerignore, read once per hasher: the rules and the reuse key both
+        # come from these bytes.
+        self._own_ignore: tuple[Path, bytes] | None = None
+        self._own_read = False
+
+    def _own(self, root: Path) -> tuple[Path, bytes] | None:
+        if not self._own_read:
+            self._own_ignore = read_dockerfile_ignore(root, self._dockerfile_path)
+            self._own_read = True
+        return self._own_ignore
 
     def _open(self, source: LocalSource) -> tuple[ContextTree, StatCacheSession | None]:
         tree_key = (source.name == "context", source.path)
         opened = self._trees.get(tree_key)
         if opened is None:
             root = Path(source.path)
-            # Only the main context honours the Dockerfile's own .dockerignore.
-            dockerfile = self._dockerfile_path if source.name == "context" else None
-            extra = self._extra_excludes if source.name == "context" else ()
-            tree = ContextTree(root, load_ignore_rules(root, dockerfile, extra))
+            # Watched from before the .dockerignore is read and anything is listed.
+            walk = _watch.begin(os.path.abspath(root))
+            try:
+                # Only the main context honours the Dockerfile's own .dockerignore.
+                if source.name == "context":
+                    rules = ignore_rules(root, self._own(root), self._extra_excludes)
+                else:
+                    rules = ignore_rules(root, None)
+                tree = ContextTree(root, rules, watch=walk)
+            except BaseException:
+                if walk is not None:
+                    walk.close()
+                raise
+            if walk is not None:
+                walk.ignore(rules)
             session = (
                 self._stack.enter_context(self._cache.session(tree.root)) if self._cache else None
             )
             opened = (tree, session)
             self._trees[tree_key] = opened
         return opened
+
+    def _reuse_key(self, source: LocalSource, spec: ContentSpec) -> tuple[Any, ...]:
+        root = os.path.abspath(source.path)
+        if source.name != "context":
+            return (root, False, None, None, (), spec)
+        own = self._own(Path(source.path))
+        dockerfile = str(self._dockerfile_path) if self._dockerfile_path is not None else None
+        return (root, True, dockerfile, own, self._extra_excludes, spec)
 
     @property
     def db(self) -> MetaDB | None:
@@ -87,6 +133,13 @@ class ContextHasher:
         found = self._memo.get(memo_key)
         if found is not None:
             return found
+        reuse_key = self._reuse_key(source, spec)
+        with _kept_lock:
+            kept = _KEPT.get(reuse_key)
+        if kept is not None and not _watch.changed_since(reuse_key[0], kept[0]):
+            self._memo[memo_key] = kept[1]
+            self._manifests[memo_key] = kept[2]
+            return kept[1]
         tree, session = self._open(source)
         manifest: dict[str, str] = {}
         digests = [
@@ -106,6 +159,13 @@ class ContextHasher:
         result = digests[0] if len(digests) == 1 else sha256_digest("\0".join(digests).encode())
         self._memo[memo_key] = result
         self._manifests[memo_key] = manifest
+        walk = tree.watch
+        if walk is not None:
+            with _kept_lock:
+                _KEPT.pop(reuse_key, None)
+                _KEPT[reuse_key] = (walk.generation, result, manifest)
+                while len(_KEPT) > _KEPT_MAX:
+                    del _KEPT[next(iter(_KEPT))]
         return result
 
     def manifest(self, source: LocalSource, spec: ContentSpec) -> Mapping[str, str]:
@@ -126,6 +186,9 @@ class ContextHasher:
     def close(self) -> None:
         """Write stat-cache updates and close the database."""
         try:
+            for tree, _session in self._trees.values():
+                if tree.watch is not None:
+                    tree.watch.close()
             self._stack.close()
         finally:
             if self._db is not None and self._owns_db:

@@ -19,10 +19,13 @@ import stat
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from engine.context.dockerignore import IgnoreRules, go_clean
 from engine.errors import ContextError
+
+if TYPE_CHECKING:
+    from engine.context.watch import Walk
 
 __all__ = [
     "MAX_SYMLINKS",
@@ -171,10 +174,13 @@ class ContextTree:
     Attributes:
         root: the context directory (made absolute).
         ignore: the ``.dockerignore`` rules, or None.
+        watch: told about every directory before it is listed or anything in it is looked
+            up, and about every file with several links (:mod:`engine.context.watch`).
     """
 
     root: Path
     ignore: IgnoreRules | None = None
+    watch: Walk | None = None
     _lstat: dict[str, os.stat_result | None] = field(default_factory=dict, repr=False)
     _children: dict[str, list[str]] = field(default_factory=dict, repr=False)
     _disk_cache: dict[str, os.stat_result | None] = field(default_factory=dict, repr=False)
@@ -233,16 +239,27 @@ class ContextTree:
         if rel == "":
             result = os.lstat(self.root)
         else:
-            pst = self._disk(rel.rpartition("/")[0])
+            parent = rel.rpartition("/")[0]
+            pst = self._disk(parent)
             if pst is None or not stat.S_ISDIR(pst.st_mode):
                 result = None
             else:
+                watch = self.watch
+                if watch is not None:
+                    watch.directory(parent, pst.st_dev)
                 try:
                     result = os.lstat(self.real(rel))
                 except (FileNotFoundError, NotADirectoryError):
                     result = None
                 except OSError as exc:
                     raise ContextError(f"cannot stat {rel}: {exc.strerror or exc}") from None
+                if (
+                    watch is not None
+                    and result is not None
+                    and result.st_nlink > 1
+                    and not stat.S_ISDIR(result.st_mode)
+                ):
+                    watch.file(rel)
         self._disk_cache[rel] = result
         return result
 
@@ -270,6 +287,12 @@ class ContextTree:
         if cached is not None:
             return cached
         base = self.real(rel)
+        watch = self.watch
+        if watch is not None:
+            # Before listing: a change racing the listing is then an event, never missed.
+            dst = self._disk(rel)  # known by now: the caller checked it is a directory
+            assert dst is not None
+            watch.directory(rel, dst.st_dev)
         try:
             with os.scandir(base) as it:
                 names = [e.name for e in it]
@@ -303,6 +326,14 @@ class ContextTree:
                     except OSError as exc:
                         raise ContextError(f"cannot stat {child}: {exc.strerror or exc}") from None
                     disk[child] = st
+                    if (
+                        watch is not None
+                        and st is not None
+                        and st.st_nlink > 1
+                        and not stat.S_ISDIR(st.st_mode)
+                    ):
+                        # Another link may be outside the root: its writes make no event here.
+                        watch.file(child)
                 if st is not None and ignore is not None and not self._present(child, st):
                     st = None
                 known[child] = st
