@@ -114,6 +114,11 @@ class Session:
     """
 
     def __init__(self) -> None:
+        from engine.context import watch
+
+        # A kernel builds cell after cell: its contexts are watched from their first walk (a
+        # rebuild of an unchanged context then walks nothing; engine.context.watch).
+        watch.enable()
         self._lock = threading.Lock()
         self._workers: dict[threading.Thread, threading.Event] = {}
         self._store: Store | None = None

@@ -404,6 +404,9 @@ def main(argv: list[str]) -> int:
         _send(sock, lock, ("error", exc))
         return 1
     _send(sock, lock, ("ready", os.getpid()))
+    from engine.context import watch
+
+    watch.enable()  # a helper serves build after build: watch contexts from the first walk
     _serve(sock)
     return 0
 
