@@ -717,9 +717,13 @@ def _finish_outputs(
     image_id: str | None = None
     named: str | None = None  # an image the store now holds: its manifest is the descriptor
     if epoch is None:
-        # One build, one image: every tag and every image output gets the same creation time
-        # (the exporters only fill in missing times), so they all have the same ID.
-        config = _stamped(config, time.time_ns())
+        # BuildKit's times: a layer's history entry gets its layer's creation time (a layer
+        # taken from the cache keeps the time it was made), the image the last entry's - so a
+        # fully cached rebuild is the same image, as BuildKit's is. Set once here: every tag
+        # and image output of the build then has the same ID (exporters only fill in gaps).
+        from engine.images.config import stamp_times
+
+        config = stamp_times(config, store.snapshots_created_ns(layers), time.time_ns())
     for tag in request.tags:
         image = images.put(tag, layers=layers, config=config, source_date_epoch=epoch)
         image_id = image.config_digest
@@ -760,22 +764,6 @@ def _finish_outputs(
         "size": manifest_size,
     }
     return image_id, descriptor
-
-
-def _stamped(config: dict[str, Any], now_ns: int) -> dict[str, Any]:
-    """``config`` with ``created`` set on itself and on the history entries that lack one."""
-    from engine.images.config import rfc3339
-
-    stamp = rfc3339(now_ns)
-    out = dict(config)
-    out.setdefault("created", stamp)
-    history = out.get("history")
-    if isinstance(history, list):
-        out["history"] = [
-            {**h, "created": h.get("created") or stamp} if isinstance(h, dict) else h
-            for h in history
-        ]
-    return out
 
 
 def _check_entitlements(definition: Definition, allow: frozenset[str]) -> None:

@@ -9,9 +9,12 @@ only the layers can tell (``exporter/containerimage/writer.go`` ``patchImageConf
 * ``history`` aligned with the layers: when it names more layers than there are, the extra
   entries (from the bottom) become ``empty_layer``; when it names fewer, entries are appended
   for the missing ones;
-* times: an entry without ``created`` gets the build time, or ``SOURCE_DATE_EPOCH`` when given;
-  with an epoch every time newer than it is clamped to it; ``created`` of the image is the last
-  history entry's time.
+* times: a build stamps them first as BuildKit's exporter does (:func:`stamp_times`: each
+  layer's entry its layer's creation time, entries without a layer the next or previous one's,
+  the image the last entry's), so a fully cached rebuild is the same image; here an entry still
+  without ``created`` gets the build time, or ``SOURCE_DATE_EPOCH`` when given; with an epoch
+  every time newer than it is clamped to it; ``created`` of the image is the last history
+  entry's time.
 
 Encodings are fixed so equal inputs give equal digests: the config is compact JSON with sorted
 keys and Go's escaping of ``<``, ``>``, ``&``, U+2028 and U+2029 (what ``encoding/json`` writes);
@@ -51,6 +54,7 @@ __all__ = [
     "config_from_json",
     "go_json",
     "rfc3339",
+    "stamp_times",
 ]
 
 MEDIA_TYPE_OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
@@ -221,6 +225,61 @@ def build_image_config(
     if not isinstance(out.get("created"), str):
         out["created"] = history[-1]["created"] if history else stamp
     out["rootfs"] = {"type": "layers", "diff_ids": list(diff_ids)}
+    return out
+
+
+def stamp_times(
+    config: Mapping[str, Any], layer_created_ns: Sequence[int | None], now_ns: int
+) -> dict[str, Any]:
+    """``config`` with the times BuildKit's image exporter gives a build without
+    ``SOURCE_DATE_EPOCH`` (``normalizeLayersAndHistory``, ``patchImageConfig``):
+
+    * an entry that has a time keeps it (the base image's history);
+    * a layer's entry gets its layer's creation time (``layer_created_ns``, bottom first, the
+      base image's layers included): a layer a build took from the cache keeps the time it was
+      first made;
+    * an entry without a time (a metadata command: ENV, CMD, …) gets the first new layer's time
+      after the first such entry, then that of the layer before it (``now_ns`` when there is no
+      time at all);
+    * the image's ``created`` is the last entry's time.
+
+    So a fully cached rebuild makes the same config - the same image ID - as BuildKit's does, and
+    ``--no-cache`` a new one.
+    """
+    out = dict(config)
+    history = [dict(h) for h in out.get("history") or [] if isinstance(h, Mapping)]
+    layer = 0
+    for h in history:
+        if not h.get("empty_layer"):
+            if not h.get("created") and layer < len(layer_created_ns):
+                made = layer_created_ns[layer]
+                if made is not None:
+                    h["created"] = rfc3339(made)
+            layer += 1
+    # The first time after the first entry without one: a metadata command at the top must not
+    # get the base image's time.
+    created: str | None = None
+    missing = False
+    for h in history:
+        if h.get("created"):
+            created = h["created"]
+            if missing:
+                break
+        else:
+            missing = True
+    if created is None:
+        created = rfc3339(now_ns)
+    missing = False
+    for h in history:
+        if h.get("created"):
+            if missing:
+                created = h["created"]
+        else:
+            missing = True
+            h["created"] = created
+    out["history"] = history
+    if not out.get("created"):
+        out["created"] = history[-1]["created"] if history else rfc3339(now_ns)
     return out
 
 

@@ -326,6 +326,20 @@ class Store:
             row = conn.execute("SELECT size FROM snapshots WHERE id = ?", (snapshot_id,)).fetchone()
         return None if row is None else int(row[0])
 
+    def snapshots_created_ns(self, snapshot_ids: Sequence[str]) -> list[int | None]:
+        """When each snapshot was committed (None: no such snapshot), in the given order: a
+        layer's creation time, which a cached layer keeps (BuildKit's ``buildkit/createdat``)."""
+        with self.db.reading() as conn:
+            found = {
+                str(sid): int(created)
+                for sid, created in conn.execute(
+                    "SELECT id, created_ns FROM snapshots WHERE id IN "
+                    f"({','.join('?' * len(snapshot_ids))})",
+                    tuple(snapshot_ids),
+                )
+            }
+        return [found.get(sid) for sid in snapshot_ids]
+
     def snapshot_diff_id(self, snapshot_id: str) -> str | None:
         """The remembered digest of the snapshot's uncompressed layer tar (None: not known)."""
         with self.db.reading() as conn:

@@ -176,3 +176,67 @@ def test_config_from_json_maps_every_field() -> None:
     # null Cmd stays None, missing config is an empty one
     assert config_from_json({"config": {"Cmd": None}}).cmd is None
     assert config_from_json({}) == ImageConfig(os="linux", architecture="amd64")
+
+
+def _ns(text: str) -> int:
+    import datetime as dt
+
+    return int(dt.datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp()) * 1_000_000_000
+
+
+def test_stamp_times_follow_buildkits_exporter() -> None:
+    """BuildKit 0.8 on this machine, for ``FROM busybox / RUN / ENV / COPY / WORKDIR / CMD``:
+    each new layer's entry has its layer's time, ENV (no layer) the next layer's (COPY's), CMD
+    the previous one's (WORKDIR's), the image the last entry's; the base entry keeps its own."""
+    from engine.images.config import rfc3339, stamp_times
+
+    base, run, copy_, workdir = (
+        _ns("2026-11-28T11:47:13Z"),
+        _ns("2026-11-28T11:47:18Z"),
+        _ns("2026-11-28T11:47:28Z"),
+        _ns("2026-11-28T11:47:29Z"),
+    )
+    config = {
+        "os": "linux",
+        "architecture": "amd64",
+        "history": [
+            {"created": rfc3339(base), "comment": "Imported from -"},
+            {"created_by": "RUN /bin/sh -c echo hi > /x # buildkit"},
+            {"created_by": "ENV A=1", "empty_layer": True},
+            {"created_by": "COPY Dockerfile /d # buildkit"},
+            {"created_by": "WORKDIR /w"},
+            {"created_by": 'CMD ["sh"]', "empty_layer": True},
+        ],
+    }
+    now = _ns("2026-11-28T12:00:00Z")
+    # the base layer's own record time is not its history's: the base entry keeps its time
+    out = stamp_times(config, [base + 5, run, copy_, workdir], now)
+    times = [h["created"] for h in out["history"]]
+    assert times == [rfc3339(t) for t in (base, run, copy_, copy_, workdir, workdir)]
+    assert out["created"] == rfc3339(workdir)
+    assert "created" not in config  # the input is left alone
+    # the same layers (a fully cached rebuild), later: the same config
+    assert stamp_times(config, [base + 5, run, copy_, workdir], now + 10**12) == out
+
+
+def test_stamp_times_for_metadata_first_and_metadata_only_images() -> None:
+    from engine.images.config import rfc3339, stamp_times
+
+    base, run = _ns("2026-01-01T00:00:00Z"), _ns("2026-02-01T00:00:00Z")
+    now = _ns("2026-03-01T00:00:00Z")
+    first_env = {
+        "history": [
+            {"created": rfc3339(base)},
+            {"created_by": "ENV A=1", "empty_layer": True},
+            {"created_by": "RUN true"},
+        ]
+    }
+    # a metadata command before the first new layer gets that layer's time, not the base's
+    out = stamp_times(first_env, [base, run], now)
+    assert [h["created"] for h in out["history"]] == [rfc3339(base), rfc3339(run), rfc3339(run)]
+    only_cmd = {"history": [{"created": rfc3339(base)}, {"created_by": "CMD", "empty_layer": True}]}
+    out = stamp_times(only_cmd, [base], now)
+    assert out["created"] == rfc3339(base) == out["history"][1]["created"]
+    # nothing known at all: the build's time
+    out = stamp_times({"history": [{"created_by": "CMD", "empty_layer": True}]}, [], now)
+    assert out["created"] == rfc3339(now) == out["history"][0]["created"]
