@@ -290,6 +290,9 @@ def build(
                 )
                 runner.dockerfile_path = request.dockerfile_path
                 runner.context_excludes = request.context_excludes
+                # A tag needs every layer's diff ID: new layers are hashed while the build
+                # goes on (the image store remembers them; put() waits for one under way).
+                prehasher = _prehasher(images, epoch) if request.tags else None
                 solver = Solver(
                     definition,
                     fast_keys,
@@ -299,16 +302,25 @@ def build(
                     runner=runner,
                     on_change=on_change,
                     cancel=cancel,
+                    on_layer=prehasher.submit if prehasher is not None else None,
                 )
                 states = solver.states
                 status = "executed"
                 error: NbbuildError | None = None
+                layers: tuple[str, ...] | None = None
                 try:
                     loaded = solver.solve()
+                    layers = loaded.layers
                 except BuildCanceled as exc:
                     status, error = "canceled", exc
                 except NbbuildError as exc:
                     status, error = "failed", exc
+                finally:
+                    if prehasher is not None:
+                        if layers is not None:
+                            prehasher.keep(layers)  # the image's layers only; then it ends
+                        else:
+                            prehasher.close()
                 steps = _steps(definition, states, fast_keys)
                 manifests = _manifests(definition, fast_keys, hasher)
                 records = [
@@ -353,9 +365,13 @@ def build(
                     )
                     raise error
                 config = _image_config(definition)
-                image_id, descriptor = _finish_outputs(
-                    request, store, images, loaded.layers, config, epoch
-                )
+                try:
+                    image_id, descriptor = _finish_outputs(
+                        request, store, images, loaded.layers, config, epoch
+                    )
+                finally:
+                    if prehasher is not None:
+                        prehasher.close()
                 reporter.emit(
                     BuildFinished(
                         build_id=build_id, status=status, time_ns=time.time_ns(), image_id=image_id
@@ -506,6 +522,12 @@ def _lazy_context_resolver(images: Any) -> Any:
         return made[0](*args)
 
     return resolve
+
+
+def _prehasher(images: Any, epoch: int | None) -> Any:
+    from engine.images.store import LayerPrehasher
+
+    return LayerPrehasher(images, source_date_epoch=epoch)
 
 
 def _sweep_runtime_leftovers() -> None:

@@ -42,6 +42,7 @@ import os
 import shutil
 import stat
 import tarfile
+import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -65,6 +66,7 @@ __all__ = [
     "OPAQUE_MARKER",
     "WHITEOUT_PREFIX",
     "BlobInfo",
+    "LayerHashStopped",
     "LayerInfo",
     "layer_diff_id",
     "open_layer_stream",
@@ -213,15 +215,30 @@ def write_layer_tar(
     return LayerInfo(sink.digest, sink.size)
 
 
-def layer_diff_id(diff_dir: Path, source_date_epoch: int | None = None) -> LayerInfo:
-    """The diff ID the tar of ``diff_dir`` would have, computed without writing it anywhere."""
+def layer_diff_id(
+    diff_dir: Path, source_date_epoch: int | None = None, *, stop: threading.Event | None = None
+) -> LayerInfo:
+    """The diff ID the tar of ``diff_dir`` would have, computed without writing it anywhere.
+
+    Raises:
+        LayerHashStopped: ``stop`` was set before the tar was complete.
+    """
     # write_layer_tar hashes what it writes: the sink only has to swallow it (a HashingWriter
     # here hashed every byte a second time).
-    return write_layer_tar(diff_dir, _Discard(), source_date_epoch=source_date_epoch)
+    return write_layer_tar(diff_dir, _Discard(stop), source_date_epoch=source_date_epoch)
+
+
+class LayerHashStopped(Exception):
+    """A diff ID computation was abandoned (its ``stop`` event was set)."""
 
 
 class _Discard:
+    def __init__(self, stop: threading.Event | None) -> None:
+        self._stop = stop
+
     def write(self, data: bytes, /) -> int:
+        if self._stop is not None and self._stop.is_set():
+            raise LayerHashStopped
         return len(data)
 
 

@@ -34,6 +34,7 @@ import json
 import platform as _platform
 import re
 import sqlite3
+import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -67,6 +68,7 @@ __all__ = [
     "Assembled",
     "Image",
     "ImageStore",
+    "LayerPrehasher",
     "blob_roots",
     "familiar_name",
     "layer_key",
@@ -268,33 +270,70 @@ class ImageStore:
                 ),
             )
 
-    def layer_tar(self, snapshot_id: str, *, source_date_epoch: int | None = None) -> BlobInfo:
+    def layer_tar(
+        self,
+        snapshot_id: str,
+        *,
+        source_date_epoch: int | None = None,
+        stop: threading.Event | None = None,
+    ) -> BlobInfo:
         """The layer of a snapshot for an image that is only named: its original or an already
         made compressed blob when there is one, else the uncompressed tar, whose digest (the
         diff ID) is computed without writing anything and remembered per snapshot and epoch.
+        One computation per snapshot and epoch at a time in this process: a second caller
+        (the build's own :meth:`put` while a :class:`LayerPrehasher` is at it) waits for the
+        first and takes its answer.
 
         Raises:
             ImageError: the snapshot does not exist.
+            LayerHashStopped: ``stop`` was set first.
         """
         known = self.known_blob(snapshot_id, source_date_epoch=source_date_epoch)
         if known is not None:
             return known
         variant = "tar;" + _variant(source_date_epoch)
+        remembered = self._remembered_tar(snapshot_id, variant)
+        if remembered is not None:
+            return remembered
+        key = (str(self.store.db.path), snapshot_id, variant)
+        with _hashing_lock:
+            lock = _hashing.setdefault(key, threading.Lock())
+        try:
+            with lock:
+                remembered = self._remembered_tar(snapshot_id, variant)
+                if remembered is not None:
+                    return remembered
+                info = _computed.get(key)
+                if info is None:
+                    path = self.store.diff_path(snapshot_id)
+                    if not path.is_dir():
+                        raise ImageError(f"layer {snapshot_id} is missing from the store")
+                    layer = layer_diff_id(path, source_date_epoch, stop=stop)
+                    info = BlobInfo(
+                        layer.diff_id, layer.size, layer.diff_id, layer.size, MEDIA_TYPE_LAYER_TAR
+                    )
+                try:
+                    self.remember_blob(snapshot_id, info, variant=variant)
+                    _computed.pop(key, None)
+                except sqlite3.IntegrityError:
+                    # No snapshot row yet (a prehasher started during the commit's flush):
+                    # kept here for the next caller, who finds the row.
+                    _computed[key] = info
+                return info
+        finally:
+            with _hashing_lock:
+                if _hashing.get(key) is lock and not lock.locked():
+                    del _hashing[key]
+
+    def _remembered_tar(self, snapshot_id: str, variant: str) -> BlobInfo | None:
         with self.store.db.reading() as conn:
             row = conn.execute(
                 "SELECT diff_id, diff_size FROM layer_blobs WHERE snapshot_id = ? AND variant = ?",
                 (snapshot_id, variant),
             ).fetchone()
-        if row is not None:
-            return BlobInfo(row[0], int(row[1]), row[0], int(row[1]), MEDIA_TYPE_LAYER_TAR)
-        path = self.store.diff_path(snapshot_id)
-        if not path.is_dir():
-            raise ImageError(f"layer {snapshot_id} is missing from the store")
-        layer = layer_diff_id(path, source_date_epoch)
-        info = BlobInfo(layer.diff_id, layer.size, layer.diff_id, layer.size, MEDIA_TYPE_LAYER_TAR)
-        with contextlib.suppress(sqlite3.IntegrityError):
-            self.remember_blob(snapshot_id, info, variant=variant)
-        return info
+        if row is None:
+            return None
+        return BlobInfo(row[0], int(row[1]), row[0], int(row[1]), MEDIA_TYPE_LAYER_TAR)
 
     def blob_path(self, digest: str) -> Path:
         """The file of a blob, made first when it is a remembered uncompressed layer tar that
@@ -597,3 +636,75 @@ def resolver(images: ImageStore) -> Callable[[str, Platform], ResolvedImage | No
         )
 
     return resolve
+
+
+# (store, snapshot, variant) -> the lock of the diff ID computation under way in this process
+_hashing: dict[tuple[str, str, str], threading.Lock] = {}
+_hashing_lock = threading.Lock()
+# diff IDs computed before their snapshot's row existed (not remembered in the store yet)
+_computed: dict[tuple[str, str, str], BlobInfo] = {}
+
+
+class LayerPrehasher:
+    """Computes the diff IDs of a build's new layers in one background thread while the build
+    goes on, so that tagging it (:meth:`ImageStore.put`, which needs every layer's diff ID for
+    the image config) finds most of them remembered: the COPY of a large context is hashed
+    while the steps after it run and the build is recorded, not after.
+
+    Layers are hashed in the order they are submitted (a build commits its layers bottom
+    first), from the moment their diff is at its final path: during the commit's flush, which
+    waits on the disk while this uses a core. :meth:`keep` drops what is still queued and is
+    not a layer of the image (an earlier stage's); :meth:`close` drops the queue, stops a
+    computation under way and waits for the thread. Nothing here is needed for correctness: a failed or stopped computation
+    is left to whoever asks for the layer next.
+    """
+
+    def __init__(self, images: ImageStore, *, source_date_epoch: int | None) -> None:
+        self._images = images
+        self._epoch = source_date_epoch
+        self._queue: list[str] = []
+        self._cond = threading.Condition()
+        self._stop = threading.Event()
+        self._sealed = False
+        self._thread: threading.Thread | None = None
+
+    def submit(self, snapshot_id: str) -> None:
+        with self._cond:
+            if self._stop.is_set() or self._sealed:
+                return
+            self._queue.append(snapshot_id)
+            if self._thread is None:
+                self._thread = threading.Thread(
+                    target=self._run, name="nbbuild-layer-hash", daemon=True
+                )
+                self._thread.start()
+            self._cond.notify()
+
+    def keep(self, snapshot_ids: Sequence[str]) -> None:
+        """No more submissions: hash only the queued layers among ``snapshot_ids``, then end."""
+        wanted = set(snapshot_ids)
+        with self._cond:
+            self._queue = [s for s in self._queue if s in wanted]
+            self._sealed = True
+            self._cond.notify()
+
+    def close(self) -> None:
+        with self._cond:
+            self._queue.clear()
+            self._stop.set()
+            self._cond.notify()
+            thread = self._thread
+        if thread is not None:
+            thread.join()
+
+    def _run(self) -> None:
+        while True:
+            with self._cond:
+                while not self._queue and not self._stop.is_set() and not self._sealed:
+                    self._cond.wait()
+                if self._stop.is_set() or not self._queue:
+                    return
+                snapshot_id = self._queue.pop(0)
+            # An error (the store closed, the layer gone) leaves the layer to its next caller.
+            with contextlib.suppress(Exception):
+                self._images.layer_tar(snapshot_id, source_date_epoch=self._epoch, stop=self._stop)

@@ -109,6 +109,9 @@ class Solver:
         runner: executes ops (containers, file operations, downloads).
         on_change: called with (vertex, state) whenever a vertex's state changes.
         cancel: set to cancel the build.
+        on_layer: called (in the solving thread) with the snapshot ID of each new layer
+            as soon as its diff is at its final path (:meth:`Store.commit`'s ``on_renamed``:
+            before the flush and the row).
     """
 
     def __init__(
@@ -122,8 +125,12 @@ class Solver:
         runner: OpRunner,
         on_change: Callable[[Vertex, VertexState], None],
         cancel: threading.Event,
+        on_layer: Callable[[str], None] | None = None,
     ) -> None:
         self.definition = definition
+        # called with the snapshot ID of every new layer being committed (the tag's diff IDs
+        # are computed from them in the background, during the commit's flush)
+        self.on_layer = on_layer
         self.by_digest = definition.by_digest()
         self.fast_keys = fast_keys
         self.store = store
@@ -356,6 +363,7 @@ class Solver:
             # --no-cache, or an input that did not propagate its keys (it re-ran under
             # --no-cache): the new result replaces whatever is stored under these keys.
             fresh=ignore or not all(i.propagate for i in inputs if i.local is None),
+            on_renamed=self.on_layer,
         )
         self._set(vertex, status="executed", completed_ns=time.time_ns())
         return Loaded(layers=result.layers, keys=tuple(keys), propagate=not ignore, result=result)

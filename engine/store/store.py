@@ -38,7 +38,7 @@ import os
 import re
 import sqlite3
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -395,6 +395,7 @@ class Store:
         description: str,
         lease: Lease,
         fresh: bool = False,
+        on_renamed: Callable[[str], None] | None = None,
     ) -> Result:
         """Publish a result: ``base`` layers plus ``diff`` (a dir from :meth:`new_diff_dir`, or
         None for a result that adds no layer). ``syncfs`` once, rename, then one transaction
@@ -406,6 +407,9 @@ class Store:
             fresh: publish the new result even when one exists under a key (``--no-cache``:
                 the step re-ran on purpose and its output is what the build uses); the key
                 then names both results and lookups prefer the newer.
+            on_renamed: called with the new snapshot's ID once the diff is at its final path,
+                before the flush (a reader may start on it: a diff is never written again;
+                its row does not exist yet, and never will if the commit then fails).
 
         Raises:
             StoreError: ``diff`` was not handed out by this store, a base layer does not exist,
@@ -429,6 +433,8 @@ class Store:
                 os.rename(diff, final)
             except OSError as exc:
                 raise StoreError(f"cannot commit {diff}: {exc.strerror}") from None
+            if on_renamed is not None:
+                on_renamed(snapshot_id)
             # The diff and its rename must be on disk before the row that points at it: one
             # syncfs flushes both (a crash before it leaves a rowless dir, which is swept);
             # the fallback flushes the tree only, so the rename needs its own.

@@ -113,9 +113,9 @@ def test_put_tars_a_layer_once_and_writes_no_layer_blob(
     calls: list[Path] = []
     real = image_store.layer_diff_id
 
-    def counting(path: Path, epoch: int | None = None) -> object:
+    def counting(path: Path, epoch: int | None = None, **kwargs: object) -> object:
         calls.append(path)
-        return real(path, epoch)
+        return real(path, epoch, **kwargs)  # type: ignore[arg-type]
 
     monkeypatch.setattr(image_store, "layer_diff_id", counting)
     before = set(store.blobs.digests())
