@@ -149,6 +149,8 @@ def _cmd_server(args: argparse.Namespace) -> int:
         print(f"{verb}: pid {info.pid}, key {info.key}")
         if info.last_error:
             print(f"  its last child could not start a command: {info.last_error}")
+        if info.contexts:
+            print(f"  {info.contexts}")
     if not found:
         print("no server is running")
     return 0

@@ -45,6 +45,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from engine.context import remote
 from nbbuild import client
 
 __all__ = ["ServerInfo", "main", "servers", "stop"]
@@ -93,6 +94,7 @@ class ServerInfo:
     key: str
     pid: int
     last_error: str = ""
+    contexts: str = ""  # what its children did with the context watch it holds for them
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -108,6 +110,8 @@ def main(argv: list[str] | None = None) -> None:
     lock = _lock(path.with_suffix(".lock"))
     if lock is None:
         return  # another server has this key
+    with contextlib.suppress(OSError):
+        path.with_suffix(".contexts").unlink()  # an earlier server's
     if client.server_key(path=sys.path) != key or client._package_dirs() != packages:
         _refuse(path, "this process's key differs from the client's")
         return
@@ -123,11 +127,20 @@ def main(argv: list[str] | None = None) -> None:
     listener = _listen(path)
     ours = _socket_ids(path)
     try:
-        _serve(listener, path, ours, idle, lambda: client._code_fingerprint(packages) == code)
+        _serve(
+            listener,
+            path,
+            ours,
+            idle,
+            lambda: client._code_fingerprint(packages) == code,
+            service=remote.Service(),
+        )
     finally:
         with contextlib.suppress(OSError):
             if _socket_ids(path) == ours:
                 path.unlink()
+        with contextlib.suppress(OSError):
+            path.with_suffix(".contexts").unlink()
         listener.close()
         os.close(lock)
 
@@ -209,6 +222,7 @@ class _Child:
     pidfd: int
     conn: socket.socket
     client_gone: bool = False
+    channel: remote.Channel | None = None  # the child's questions about contexts
 
 
 def _serve(
@@ -217,14 +231,22 @@ def _serve(
     ours: tuple[int, int] | None,
     idle: float,
     current: Callable[[], bool],
+    *,
+    service: remote.Service | None = None,
 ) -> None:
     """Fork a child per connection until idle for ``idle`` seconds, the socket is no longer
     ours, or (checked when idle) ``current()`` says the package's code changed: commands of
-    the new code have a new key, so this server would only wait out its idle time."""
+    the new code have a new key, so this server would only wait out its idle time.
+
+    ``service``: the context watch and kept checksums held for the children
+    (:mod:`engine.context.remote`): its inotify descriptor is drained whenever readable, and
+    each child gets a socket pair to ask it."""
     poller = select.poll()
     poller.register(listener, select.POLLIN)
     by_pidfd: dict[int, _Child] = {}
     by_conn: dict[int, _Child] = {}
+    channels: dict[int, remote.Channel] = {}
+    inotify_fd = _watch_fd(service, poller, None)
     last_active = time.monotonic()
     while True:
         if by_pidfd:
@@ -239,20 +261,34 @@ def _serve(
             return  # removed or replaced (`nbbuild server stop`), or its code is outdated
         for fd, event in events:
             if fd == listener.fileno():
-                child = _accept(listener, by_pidfd, by_conn)
+                child = _accept(listener, by_pidfd, by_conn, service, channels)
                 if child is not None:
                     by_pidfd[child.pidfd] = child
                     by_conn[child.conn.fileno()] = child
                     poller.register(child.pidfd, select.POLLIN)
                     poller.register(child.conn, select.POLLRDHUP)
+                    if child.channel is not None:
+                        channels[child.channel.fileno()] = child.channel
+                        poller.register(child.channel.fileno(), select.POLLIN)
             elif fd in by_pidfd:
                 child = by_pidfd.pop(fd)
                 by_conn.pop(child.conn.fileno(), None)
                 poller.unregister(fd)
                 with contextlib.suppress(KeyError):
                     poller.unregister(child.conn)
+                if child.channel is not None:
+                    # What the child said before it ended is answered (kept) before its
+                    # command's end is reported: the next command's child inherits it.
+                    child.channel.pending()
+                    _close_channel(child.channel, channels, poller)
                 _reap(child)
                 last_active = time.monotonic()
+            elif fd == inotify_fd and service is not None:
+                service.drain()
+            elif fd in channels:
+                channel = channels[fd]
+                if not channel.handle():
+                    _close_channel(channel, channels, poller)
             elif fd in by_conn and event & (select.POLLRDHUP | select.POLLHUP | select.POLLERR):
                 # The client went away before its command ended: it was killed. The command
                 # dies with it, as it would have in-process.
@@ -261,10 +297,46 @@ def _serve(
                 child.client_gone = True
                 with contextlib.suppress(ProcessLookupError):
                     signal.pidfd_send_signal(child.pidfd, signal.SIGKILL)
+        if service is not None:
+            inotify_fd = _watch_fd(service, poller, inotify_fd)
+            if service.changed:
+                service.changed = False
+                with contextlib.suppress(OSError):
+                    path.with_suffix(".contexts").write_text(service.summary() + "\n")
+
+
+def _watch_fd(
+    service: remote.Service | None, poller: select.poll, registered: int | None
+) -> int | None:
+    """Keep the watcher's inotify descriptor (made on first use, gone when its queue broke)
+    registered with the poller."""
+    fd = service.fileno() if service is not None else None
+    if fd != registered:
+        if registered is not None:
+            with contextlib.suppress(KeyError):
+                poller.unregister(registered)
+        if fd is not None:
+            poller.register(fd, select.POLLIN)
+    return fd
+
+
+def _close_channel(
+    channel: remote.Channel, channels: dict[int, remote.Channel], poller: select.poll
+) -> None:
+    fd = channel.fileno()
+    if channels.get(fd) is channel:
+        del channels[fd]
+        with contextlib.suppress(KeyError):
+            poller.unregister(fd)
+    channel.close()
 
 
 def _accept(
-    listener: socket.socket, by_pidfd: dict[int, _Child], by_conn: dict[int, _Child]
+    listener: socket.socket,
+    by_pidfd: dict[int, _Child],
+    by_conn: dict[int, _Child],
+    service: remote.Service | None = None,
+    channels: dict[int, remote.Channel] | None = None,
 ) -> _Child | None:
     try:
         conn, _ = listener.accept()
@@ -275,17 +347,32 @@ def _accept(
         conn.close()  # only its own user's commands
         return None
     parent = os.getpid()
-    keep = {listener.fileno(), *by_pidfd, *by_conn}
+    pair: tuple[socket.socket, socket.socket] | None = None
+    if service is not None:
+        try:
+            pair = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        except OSError:
+            pair = None  # the child walks as it would on its own
+    keep = {listener.fileno(), *by_pidfd, *by_conn, *(channels or ())}
+    if pair is not None:
+        keep.add(pair[0].fileno())
     try:
         pid = os.fork()
     except OSError:
         conn.close()  # the client runs the command itself
+        if pair is not None:
+            pair[0].close()
+            pair[1].close()
         return None
     if pid == 0:
         try:
-            _child(conn, parent, keep)
+            _child(conn, parent, keep, pair[1] if pair is not None else None)
         finally:
             os._exit(70)  # not reached: _child ends the process
+    channel = None
+    if pair is not None and service is not None:
+        pair[1].close()
+        channel = remote.Channel(service, pair[0])
     try:
         pidfd = os.pidfd_open(pid)
     except OSError:
@@ -293,8 +380,10 @@ def _accept(
         os.kill(pid, signal.SIGKILL)
         os.waitpid(pid, 0)
         conn.close()
+        if channel is not None:
+            channel.close()
         return None
-    return _Child(pid=pid, pidfd=pidfd, conn=conn)
+    return _Child(pid=pid, pidfd=pidfd, conn=conn, channel=channel)
 
 
 def _reap(child: _Child) -> None:
@@ -309,8 +398,12 @@ def _reap(child: _Child) -> None:
 # -- the child -------------------------------------------------------------------------------
 
 
-def _child(conn: socket.socket, parent: int, server_fds: set[int]) -> None:
-    """Become the client's process and run its command; never returns."""
+def _child(
+    conn: socket.socket, parent: int, server_fds: set[int], channel: socket.socket | None = None
+) -> None:
+    """Become the client's process and run its command; never returns. ``channel``: this
+    child's end of its socket pair with the server (the context watch, see
+    :mod:`engine.context.remote`)."""
     try:
         _die_with(parent)
         os.setsid()
@@ -318,7 +411,9 @@ def _child(conn: socket.socket, parent: int, server_fds: set[int]) -> None:
             with contextlib.suppress(OSError):
                 os.close(fd)
         request, received = _receive(conn)
-        conn = _take_over(request, received, conn)
+        conn, channel = _take_over(request, received, conn, channel)
+        if channel is not None:
+            remote.install(channel)
         conn.sendall(b"P" + struct.pack("!q", os.getpid()))
         conn.close()
     except BaseException as exc:  # the command has not started: the client runs it itself
@@ -362,11 +457,14 @@ def _receive(conn: socket.socket) -> tuple[dict[str, object], list[int]]:
 
 
 def _take_over(
-    request: dict[str, object], received: list[int], conn: socket.socket
-) -> socket.socket:
+    request: dict[str, object],
+    received: list[int],
+    conn: socket.socket,
+    channel: socket.socket | None = None,
+) -> tuple[socket.socket, socket.socket | None]:
     """Lay out the client's descriptors under their numbers (closing every other one of the
-    server's), then take its directory, environment, umask and argv; returns the connection,
-    moved out of the way."""
+    server's), then take its directory, environment, umask and argv; returns the connection
+    and the channel, moved out of the way."""
     targets = list(request["fds"])  # type: ignore[call-overload]
     cloexec = set(request["cloexec"])  # type: ignore[call-overload]
     if len(targets) != len(received):
@@ -377,8 +475,14 @@ def _take_over(
     moved = fcntl.fcntl(conn.fileno(), fcntl.F_DUPFD_CLOEXEC, above)
     conn.close()
     conn = socket.socket(fileno=moved)
+    keep = {moved}
+    if channel is not None:
+        channel_fd = fcntl.fcntl(channel.fileno(), fcntl.F_DUPFD_CLOEXEC, above)
+        channel.close()
+        channel = socket.socket(fileno=channel_fd)
+        keep.add(channel_fd)
     parked = [fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, above) for fd in received]
-    keep = {*parked, moved}
+    keep.update(parked)
     for name in os.listdir("/proc/self/fd"):
         if int(name) not in keep:
             with contextlib.suppress(OSError):
@@ -396,7 +500,7 @@ def _take_over(
     time.tzset()
     sys.argv = list(request["argv"])  # type: ignore[call-overload]
     _new_std_streams()
-    return conn
+    return conn, channel
 
 
 def _new_std_streams() -> None:
@@ -466,7 +570,13 @@ def servers(directory: str | None = None) -> list[ServerInfo]:
                     error = lock.with_suffix(".error").read_text().strip()
                 except OSError:
                     error = ""
-                found.append(ServerInfo(key=lock.stem, pid=pid, last_error=error))
+                try:
+                    contexts = lock.with_suffix(".contexts").read_text().strip()
+                except OSError:
+                    contexts = ""
+                found.append(
+                    ServerInfo(key=lock.stem, pid=pid, last_error=error, contexts=contexts)
+                )
             else:
                 fcntl.flock(fd, fcntl.LOCK_UN)  # nobody holds it: no server
         except (ValueError, IndexError):

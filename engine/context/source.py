@@ -10,7 +10,8 @@ watch vouches that nothing under the root changed since the walk began. Everythi
 decides the answer is in the key: the root, main or named context, the Dockerfile path, the
 bytes of ``<Dockerfile>.dockerignore`` (it may lie outside the root, where no watch sees it;
 ``<root>/.dockerignore`` is inside, so its change is an event), the extra excludes and the
-selection.
+selection. In a fork server's child, the watch and the kept checksums are the server's
+(:mod:`engine.context.remote`): what a child computes is handed to the server for the next ones.
 """
 
 from __future__ import annotations
@@ -31,12 +32,34 @@ from engine.digest import sha256_digest
 from engine.graph.ops import ContentSpec, LocalSource
 from engine.store.metadb import MetaDB, open_meta_db
 
-__all__ = ["ContextHasher"]
+__all__ = ["ContextHasher", "keep"]
 
 # Process-wide: reuse key (see _reuse_key) -> (watch generation, checksum, manifest).
 _KEPT: dict[tuple[Any, ...], tuple[int, str, dict[str, str]]] = {}
 _KEPT_MAX = 64  # selections; a manifest is one entry per file
 _kept_lock = threading.Lock()
+
+
+def keep(
+    key: tuple[Any, ...],
+    generation: int,
+    result: str,
+    manifest: dict[str, str],
+    *,
+    max_files: int | None = None,
+) -> None:
+    """Keep a checksum and its manifest (computed under the watch generation ``generation``)
+    for reuse: the most recently kept last, at most ``_KEPT_MAX`` selections and, when
+    ``max_files`` is given (the fork server holds them for all its commands), at most that
+    many manifest entries in all."""
+    with _kept_lock:
+        _KEPT.pop(key, None)
+        _KEPT[key] = (generation, result, manifest)
+        while len(_KEPT) > _KEPT_MAX:
+            del _KEPT[next(iter(_KEPT))]
+        if max_files is not None:
+            while len(_KEPT) > 1 and sum(len(m) for _, _, m in _KEPT.values()) > max_files:
+                del _KEPT[next(iter(_KEPT))]
 
 
 class ContextHasher:
@@ -160,12 +183,10 @@ class ContextHasher:
         self._memo[memo_key] = result
         self._manifests[memo_key] = manifest
         walk = tree.watch
-        if walk is not None:
-            with _kept_lock:
-                _KEPT.pop(reuse_key, None)
-                _KEPT[reuse_key] = (walk.generation, result, manifest)
-                while len(_KEPT) > _KEPT_MAX:
-                    del _KEPT[next(iter(_KEPT))]
+        if walk is not None and walk.trusted():
+            keep(reuse_key, walk.generation, result, manifest)
+            # A fork server's child hands it to the server, for the next commands.
+            _watch.kept(reuse_key, walk.generation, result, manifest)
         return result
 
     def manifest(self, source: LocalSource, spec: ContentSpec) -> Mapping[str, str]:

@@ -27,13 +27,14 @@ Known blind spots, as for git's fsmonitor and watchman: a write through a shared
 no inotify event, nor does a write through a hard link that was made *from outside the context
 after the walk* (the file then had one link, so only its directory was watched); mounting over a
 directory inside the context makes none either. A later event in the same directory, or a
-process without the watch (the CLI), sees such a change.
+process without the watch (``NBBUILD_CONTEXT_WATCH=0``), sees such a change.
 
 Which processes watch: a short CLI process would pay for adding watches and never use them, so
 the default is to watch a root only from the second time this process hashes it (the first
 build of a warm process walks as before; the second adds the watches; later ones reuse).
 Long-lived callers call :func:`enable` to watch from the first walk; :func:`disable` turns it
-off for the process, and ``NBBUILD_CONTEXT_WATCH=0`` turns it off everywhere.
+off for the process, and ``NBBUILD_CONTEXT_WATCH=0`` turns it off everywhere. A fork server's
+child uses the server's watcher instead of one of its own (:mod:`engine.context.remote`).
 """
 
 from __future__ import annotations
@@ -69,6 +70,7 @@ __all__ = [
     "disable",
     "enable",
     "filesystem_type",
+    "kept",
     "local_filesystem",
     "parse_events",
 ]
@@ -344,6 +346,34 @@ class Watcher:
             state = self._roots.get(root)
             return state is None or state.generation != generation or not self._trusted(state)
 
+    def fileno(self) -> int | None:
+        """The inotify descriptor (the instance made now if need be), None without one: a
+        process that polls it (the fork server) calls :meth:`drain` when it is readable."""
+        with self._lock:
+            if not self._ensure_kernel():
+                return None
+            kernel: Any = self._kernel
+            return int(kernel.fd) if kernel is not None else None
+
+    def drain(self) -> None:
+        """Read and apply every queued event now."""
+        with self._lock:
+            if self._kernel is not None:
+                self._drain()
+
+    def forget(self, walk: Walk) -> None:
+        """End ``walk``'s epoch: nothing computed in it is trusted any more."""
+        with self._lock:
+            state = walk._state
+            if self._roots.get(state.path) is state:
+                self._drop(state.path)
+
+    def kept(
+        self, key: tuple[Any, ...], generation: int, result: str, manifest: dict[str, str]
+    ) -> None:
+        """A checksum computed under one of this watcher's walks was kept (a server's child
+        hands it to the server, see :mod:`engine.context.remote`; nothing to do here)."""
+
     def clear(self) -> None:
         """Drop every watch (and the inotify instance)."""
         with self._lock:
@@ -553,6 +583,15 @@ class Walk:
         """The walk is over (its results may be kept): tidy the root's watches."""
         self._watcher.settle(self._state)
 
+    @property
+    def ident(self) -> tuple[int, int] | None:
+        """The root's ``(st_dev, st_ino)`` when its epoch began."""
+        return self._state.ident
+
+    def trusted(self) -> bool:
+        """Whether every watch this walk asked for could be asked for (False: keep nothing)."""
+        return True
+
 
 # -- the process's watcher and mode ---------------------------------------------------------
 
@@ -591,6 +630,12 @@ def changed_since(root: str, generation: int) -> bool:
     if _off():
         return True
     return _WATCHER.changed_since(root, generation)
+
+
+def kept(key: tuple[Any, ...], generation: int, result: str, manifest: dict[str, str]) -> None:
+    """A hasher kept a checksum computed under a watched walk (see :meth:`Watcher.kept`)."""
+    if not _off():
+        _WATCHER.kept(key, generation, result, manifest)
 
 
 def _after_fork_in_child() -> None:

@@ -13,6 +13,7 @@ a stale, foreign or unusable server is never used and never an error.
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import os
 import signal
@@ -464,3 +465,308 @@ def test_an_idle_server_exits_when_its_code_changed_or_its_socket_went(
             changed.set()
             serving.join(timeout=5.0)
             listener.close()
+
+
+# -- the context watch the server holds for its children ---------------------------------------
+
+COPY_ALL = """\
+FROM scratch
+COPY . /
+"""
+
+
+def contexts(directory: Path, env: dict[str, str]) -> dict[str, int]:
+    """What the server says its children did with its context watch (``nbbuild server
+    status``): walks started (each asked the server for its watches), checksums reused
+    without a walk, checksums handed over."""
+    status = nbbuild("server", "status", env=env)
+    assert status.returncode == 0, status.stderr
+    for line in status.stdout.splitlines():
+        line = line.strip()
+        if line.startswith("context walks "):
+            words = line.replace(",", "").split()
+            return {"walks": int(words[2]), "reused": int(words[4]), "kept": int(words[6])}
+    return {"walks": 0, "reused": 0, "kept": 0}
+
+
+def exported(directory: Path) -> dict[str, tuple[int, bytes]]:
+    """A local export's files: mode and bytes (a symlink's target)."""
+    found = {}
+    for path in sorted(directory.rglob("*")):
+        st = path.lstat()
+        if path.is_symlink():
+            data = os.readlink(path).encode()
+        elif path.is_file():
+            data = path.read_bytes()
+        else:
+            data = b""
+        found[str(path.relative_to(directory))] = (st.st_mode, data)
+    return found
+
+
+def build_out(ctx: Path, out: Path, env: dict[str, str]) -> dict[str, tuple[int, bytes]]:
+    """Build ``ctx`` (its Dockerfile copies the whole context) into a fresh local export."""
+    if out.exists():
+        import shutil
+
+        shutil.rmtree(out)
+    proc = nbbuild("build", "--progress=plain", "-o", f"type=local,dest={out}", ctx, env=env)
+    assert proc.returncode == 0, proc.stderr
+    return exported(out)
+
+
+def _same_size_edit(path: Path, data: str) -> None:
+    st = path.stat()
+    assert len(data.encode()) == st.st_size
+    path.write_text(data)
+    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))
+
+
+EDITS = {
+    "content, same size and mtime": lambda r: _same_size_edit(r / "a" / "x.txt", "HELLO x\n"),
+    "new file": lambda r: (r / "a" / "new.txt").write_text("new\n"),
+    "new file in a new directory": lambda r: (
+        (r / "c").mkdir(),
+        (r / "c" / "f.txt").write_text("in c\n"),
+    ),
+    "deleted file": lambda r: (r / "b" / "deep" / "z.txt").unlink(),
+    "rename": lambda r: (r / "a" / "y.txt").rename(r / "a" / "w.txt"),
+    "chmod": lambda r: (r / "a" / "w.txt").chmod(0o600),
+    ".dockerignore": lambda r: (r / ".dockerignore").write_text("a/new.txt\n"),
+}
+
+
+def _context(tmp_path: Path) -> Path:
+    return wb.write_files(  # type: ignore[no-any-return]
+        tmp_path / "ctx",
+        {
+            "Dockerfile": COPY_ALL,
+            "a/x.txt": "hello x\n",
+            "a/y.txt": "hello y\n",
+            "b/deep/z.txt": "hello z\n",
+            "top.txt": "top\n",
+        },
+    )
+
+
+def test_a_no_op_rebuild_through_the_server_walks_nothing_and_every_edit_is_seen(
+    servers: Path, tar: Path, tmp_path: Path
+) -> None:
+    root = wb.new_store(tmp_path / "store", tar)
+    env = env_for(servers, root)
+    info = warm(servers, env)
+    ctx = _context(tmp_path)
+    out = tmp_path / "out"
+    first = build_out(ctx, out, env)
+    assert first["a/x.txt"][1] == b"hello x\n"
+    assert contexts(servers, env)["walks"] == 1
+    # the second and third commands reuse what the first one's child handed to the server
+    for n in (2, 3):
+        assert build_out(ctx, out, env) == first
+        assert contexts(servers, env) == {"walks": 1, "reused": n - 1, "kept": 1}
+    here = {**env, "NBBUILD_SERVER": "0"}
+    walks = 1
+    for what, edit in EDITS.items():
+        edit(ctx)
+        got = build_out(ctx, out, env)
+        walks += 1
+        seen = contexts(servers, env)
+        assert seen["walks"] == walks, what  # the edit made the next command walk
+        assert got == build_out(ctx, tmp_path / "here", here), what  # as a process of its own
+        # and the command after it reuses the new state
+        assert build_out(ctx, out, env) == got, what
+        assert contexts(servers, env)["walks"] == walks, what
+    assert got["a/x.txt"][1] == b"HELLO x\n"
+    assert "a/new.txt" not in got and "a/y.txt" not in got and "b/deep/z.txt" not in got
+    assert got["a/w.txt"][0] & 0o777 == 0o600 and got["c/f.txt"][1] == b"in c\n"
+    assert [s.pid for s in running(servers)] == [info.pid]
+    assert running(servers)[0].last_error == ""
+
+
+def test_with_the_watch_off_every_command_walks(servers: Path, tar: Path, tmp_path: Path) -> None:
+    root = wb.new_store(tmp_path / "store", tar)
+    env = env_for(servers, root, NBBUILD_CONTEXT_WATCH="0")
+    warm(servers, env)
+    ctx = _context(tmp_path)
+    out = tmp_path / "out"
+    build_out(ctx, out, env)
+    build_out(ctx, out, env)
+    _same_size_edit(ctx / "a" / "x.txt", "HELLO x\n")
+    assert build_out(ctx, out, env)["a/x.txt"][1] == b"HELLO x\n"
+    assert contexts(servers, env) == {"walks": 0, "reused": 0, "kept": 0}  # never asked
+
+
+def test_a_server_killed_between_commands_loses_no_edit(
+    servers: Path, tar: Path, tmp_path: Path
+) -> None:
+    root = wb.new_store(tmp_path / "store", tar)
+    env = env_for(servers, root)
+    info = warm(servers, env)
+    ctx = _context(tmp_path)
+    out = tmp_path / "out"
+    build_out(ctx, out, env)
+    build_out(ctx, out, env)
+    assert contexts(servers, env) == {"walks": 1, "reused": 1, "kept": 1}
+    os.kill(info.pid, signal.SIGKILL)
+    assert wb.wait_for(lambda: running(servers) == [], timeout=10.0)
+    _same_size_edit(ctx / "a" / "x.txt", "HELLO x\n")
+    # no server: this command runs in its own process (and starts the next server)
+    assert build_out(ctx, out, env)["a/x.txt"][1] == b"HELLO x\n"
+    again = warm(servers, env)
+    assert again.pid != info.pid
+    (ctx / "top.txt").write_text("TOP\n")
+    got = build_out(ctx, out, env)
+    assert (got["a/x.txt"][1], got["top.txt"][1]) == (b"HELLO x\n", b"TOP\n")
+    assert contexts(servers, env)["walks"] == 1  # the new server's first child walked
+    assert build_out(ctx, out, env) == got
+    assert contexts(servers, env) == {"walks": 1, "reused": 1, "kept": 1}
+
+
+def _serve_child(service: object, channel: object, pid: int) -> int:
+    """The server's side for one forked child (as ``server._serve`` does it): drain the
+    inotify queue when readable, answer the child; its exit code."""
+    import select
+
+    from engine.context import remote
+
+    assert isinstance(service, remote.Service) and isinstance(channel, remote.Channel)
+    pidfd = os.pidfd_open(pid)
+    poller = select.poll()
+    poller.register(pidfd, select.POLLIN)
+    poller.register(channel.fileno(), select.POLLIN)
+    inotify = service.fileno()
+    assert inotify is not None
+    poller.register(inotify, select.POLLIN)
+    try:
+        while True:
+            ready = dict(poller.poll(60_000))
+            assert ready, "the child hangs"
+            if inotify in ready:
+                service.drain()
+            if channel.fileno() in ready and not channel.handle():
+                poller.unregister(channel.fileno())
+            if pidfd in ready:
+                channel.pending()
+                channel.close()
+                _, status = os.waitpid(pid, 0)
+                return os.waitstatus_to_exitcode(status)
+    finally:
+        os.close(pidfd)
+
+
+def test_an_edit_racing_a_childs_walk_is_not_lost(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Real inotify, real forked children talking to the server's side over a socket pair:
+    a file written into a directory just after a child listed it (the directory was watched
+    before the listing) makes the next child walk again, and that one sees the file."""
+    import socket
+
+    from engine.context import remote, source, watch
+    from engine.context.source import ContextHasher
+    from engine.context.tree import ContextTree
+    from engine.graph.ops import ContentSpec, LocalSource, PathSelector
+
+    monkeypatch.delenv("NBBUILD_CONTEXT_WATCH", raising=False)
+    monkeypatch.setattr(watch, "_WATCHER", watch.Watcher())
+    monkeypatch.setattr(source, "_KEPT", {})
+    service = remote.Service()
+    ctx = _context(tmp_path)
+    every = ContentSpec((PathSelector("/"),))
+
+    def hashed() -> dict[str, str]:
+        hasher = ContextHasher(None)
+        try:
+            return dict(hasher.manifest(LocalSource("context", str(ctx)), every))
+        finally:
+            hasher.close()
+
+    def in_child(body: object) -> int:
+        server_end, child_end = socket.socketpair()
+        pid = os.fork()
+        if pid == 0:  # report through the exit status only
+            code = 1
+            try:
+                server_end.close()
+                remote.install(child_end)
+                code = body()  # type: ignore[operator]
+            finally:
+                os._exit(code)
+        child_end.close()
+        return _serve_child(service, remote.Channel(service, server_end), pid)
+
+    listed: list[str] = []
+    real_scan = ContextTree._scan_children
+
+    def counting_scan(self: ContextTree, rel: str) -> list[str]:
+        listed.append(rel)
+        return real_scan(self, rel)
+
+    monkeypatch.setattr(ContextTree, "_scan_children", counting_scan)
+
+    def racing() -> int:
+        real_scandir = os.scandir
+
+        @contextlib.contextmanager
+        def racing_scandir(path: str) -> Iterator[Iterator[os.DirEntry[str]]]:
+            with real_scandir(path) as it:
+                entries = list(it)
+            if path.endswith("/a") and not (ctx / "a" / "raced.txt").exists():
+                (ctx / "a" / "raced.txt").write_text("after the listing\n")
+            yield iter(entries)
+
+        os.scandir = racing_scandir  # type: ignore[assignment]
+        manifest = hashed()
+        return 0 if "a/raced.txt" not in manifest and listed else 1
+
+    def walks_and_sees_it() -> int:
+        return 0 if "a/raced.txt" in hashed() and listed else 1
+
+    def walks_nothing() -> int:
+        return 0 if "a/raced.txt" in hashed() and not listed else 1
+
+    assert in_child(racing) == 0
+    assert (service.walks, service.kept) == (1, 1)  # kept, but under an epoch that ended
+    assert in_child(walks_and_sees_it) == 0
+    assert (service.walks, service.reused) == (2, 0)
+    assert in_child(walks_nothing) == 0
+    assert (service.walks, service.reused) == (2, 1)
+    # and what the server kept is what a process without any watch computes
+    monkeypatch.setenv("NBBUILD_CONTEXT_WATCH", "0")
+    monkeypatch.setattr(ContextTree, "_scan_children", real_scan)
+    assert hashed() == source._KEPT[next(iter(source._KEPT))][2]
+    service.watcher.clear()
+
+
+def test_a_child_whose_server_is_gone_walks_as_without_a_watch(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import socket
+
+    from engine.context import remote, source, watch
+    from engine.context.source import ContextHasher
+    from engine.graph.ops import ContentSpec, LocalSource, PathSelector
+
+    monkeypatch.delenv("NBBUILD_CONTEXT_WATCH", raising=False)
+    monkeypatch.setattr(source, "_KEPT", {})
+    ctx = _context(tmp_path)
+    server_end, child_end = socket.socketpair()
+    server_end.close()  # the server died
+    remote_watcher = remote.RemoteWatcher(child_end)
+    monkeypatch.setattr(watch, "_WATCHER", remote_watcher)
+    every = ContentSpec((PathSelector("/"),))
+
+    def hashed() -> str:
+        hasher = ContextHasher(None)
+        try:
+            return hasher.checksum(LocalSource("context", str(ctx)), every)
+        finally:
+            hasher.close()
+
+    first = hashed()
+    assert watch.begin(str(ctx)) is None
+    assert watch.changed_since(str(ctx), 1)
+    assert source._KEPT == {}  # nothing kept, nothing trusted
+    _same_size_edit(ctx / "a" / "x.txt", "HELLO x\n")
+    assert hashed() != first
+    remote_watcher.clear()
