@@ -8,17 +8,20 @@ never reads the inherited inotify queue (that would steal the server's events); 
 the server over a private socket pair made for it at fork (:class:`Channel` is the server's
 end, :class:`RemoteWatcher` the child's):
 
-- ``changed``: before reusing an inherited checksum, the child asks whether the root changed
-  since the checksum's generation; the server drains its queue first, then answers.
+- ``changed``: before reusing an inherited checksum, the child checks the stat of every file
+  and directory it covers (the record came with the checksum at fork:
+  :func:`engine.context.source.unchanged`, no round trip; inotify sees no write through a
+  shared ``mmap``), then asks whether the root changed since the checksum's generation; the
+  server drains its queue first, then answers.
 - ``begin`` / ``dir`` / ``file`` / ``ignore`` / ``close``: a walk in the child is a walk of
   the server's watcher. The server adds each watch before it answers, and the child lists a
   directory only after the answer, so a change racing the walk is an event in the server's
   queue (the watch rule of :mod:`engine.context.watch`, unchanged). All watches are added and
   all events read by the server, one thread: an event is always matched against every watch
   it may be about.
-- ``keep``: a walk's checksum and manifest, with its reuse key and generation, stored by the
-  server for the children forked after it (the server answers ``changed`` for them later, so a
-  result whose walk raced a change is never reused).
+- ``keep``: a walk's checksum, manifest and stat record, with its reuse key and generation,
+  stored by the server for the children forked after it (the server answers ``changed`` for
+  them later, so a result whose walk raced a change is never reused).
 
 Messages are length-prefixed pickles (the peer is our own forked child over a socket pair
 nobody else holds). Any failure on the child's side (the server died, a message could not be
@@ -200,10 +203,10 @@ class Channel:
                 walk.close()
             return None
         if op == "keep":
-            _, key, generation, result, manifest = message
+            _, key, generation, result, manifest, stamped = message
             from engine.context import source
 
-            source.keep(key, generation, result, manifest, max_files=service.keep_files)
+            source.keep(key, generation, result, manifest, stamped, max_files=service.keep_files)
             service.kept += 1
             service.changed = True
             return None
@@ -267,9 +270,14 @@ class RemoteWatcher(_watch.Watcher):
         return True if not answer else bool(answer[0])
 
     def kept(
-        self, key: tuple[Any, ...], generation: int, result: str, manifest: dict[str, str]
+        self,
+        key: tuple[Any, ...],
+        generation: int,
+        result: str,
+        manifest: dict[str, str],
+        stamped: Any,
     ) -> None:
-        self._ask(("keep", key, generation, result, manifest), reply=False)
+        self._ask(("keep", key, generation, result, manifest, stamped), reply=False)
 
     def clear(self) -> None:
         with self._rpc:

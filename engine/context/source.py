@@ -6,38 +6,122 @@ no-op rebuild re-reads no unchanged file.
 
 In a process that watches contexts (:mod:`engine.context.watch`), what a hasher computed is
 kept for the next ones: a checksum (with its manifest) is reused without walking while the
-watch vouches that nothing under the root changed since the walk began. Everything else that
-decides the answer is in the key: the root, main or named context, the Dockerfile path, the
-bytes of ``<Dockerfile>.dockerignore`` (it may lie outside the root, where no watch sees it;
-``<root>/.dockerignore`` is inside, so its change is an event), the extra excludes and the
-selection. In a fork server's child, the watch and the kept checksums are the server's
-(:mod:`engine.context.remote`): what a child computes is handed to the server for the next ones.
+watch vouches that nothing under the root was added, removed or renamed since the walk began
+*and* every file and directory it covers has the stat it had when hashed. inotify sees no
+write through a shared ``mmap`` (``numpy.memmap``); the kernel updates mtime and ctime for
+it. So the walk's own ``lstat`` results are recorded with the checksum (:func:`stamp`: the
+relative paths and one sha256 of their packed ``(ino, size, mtime_ns, ctime_ns, mode, dev)``,
+a directory's ``(ino, mode, dev)``), and :func:`unchanged` compares them with one ``lstat``
+each before a reuse, as the stat cache compares a file's. Racy entries as in the stat cache
+(:mod:`engine.context.statcache`): a checksum whose files changed less than the racy window
+before its walk began is kept but not trusted, the next hash walks.
+
+Blind, as for the stat cache, git and BuildKit: the kernel updates a mapped file's mtime and
+ctime only when it makes a page writable (the first write after the page was mapped or written
+back; on tmpfs, the first write to each page of a mapping), so a write to a page that an
+earlier write left dirty changes no stat (until writeback and another write; on tmpfs, until
+the file is mapped again). A change that keeps all of the compared fields cannot be made
+without privileges (ctime is always set to the present).
+
+Everything else that decides the answer is in the key: the root, main or named context, the
+Dockerfile path, the bytes of ``<Dockerfile>.dockerignore`` (it may lie outside the root, where
+no watch sees it; ``<root>/.dockerignore`` is inside, so its change is an event), the extra
+excludes and the selection. In a fork server's child, the watch and the kept checksums are the server's
+(:mod:`engine.context.remote`): the child checks the inherited stat record itself, and what
+it computes (with its record) is handed to the server for the next ones.
 """
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
+import struct
 import threading
+import time
 from collections.abc import Mapping
+from itertools import starmap
+from operator import attrgetter
 from pathlib import Path
 from typing import Any
 
 from engine.context import checksum as _checksum
 from engine.context import watch as _watch
 from engine.context.dockerignore import ignore_rules, read_dockerfile_ignore
-from engine.context.statcache import StatCache, StatCacheSession
+from engine.context.statcache import DEFAULT_RACY_WINDOW_NS, StatCache, StatCacheSession
 from engine.context.tree import ContextTree
 from engine.digest import sha256_digest
 from engine.graph.ops import ContentSpec, LocalSource
 from engine.store.metadb import MetaDB, open_meta_db
 
-__all__ = ["ContextHasher", "keep"]
+__all__ = ["ContextHasher", "Stamp", "keep", "stamp", "unchanged"]
 
-# Process-wide: reuse key (see _reuse_key) -> (watch generation, checksum, manifest).
-_KEPT: dict[tuple[Any, ...], tuple[int, str, dict[str, str]]] = {}
+# What a kept checksum covers, as it was when hashed: ``(files, dirs, digest)``, the relative
+# paths of its non-directories and directories (the manifest's) and the sha256 of their lstat
+# fields packed in that order (``_FILE_STAT`` for a non-directory, ``_DIR_STAT`` for a
+# directory). None: not verifiable (a file changed within the racy window before it was
+# hashed), the next hash walks.
+Stamp = tuple[tuple[str, ...], tuple[str, ...], bytes]
+
+# Process-wide: reuse key (see _reuse_key) -> (watch generation, checksum, manifest, stamp).
+_KEPT: dict[tuple[Any, ...], tuple[int, str, dict[str, str], Stamp | None]] = {}
 _KEPT_MAX = 64  # selections; a manifest is one entry per file
 _kept_lock = threading.Lock()
+# A kept checksum is trusted only if every file it covers had not changed for this long when
+# its walk began (as the stat cache's entries, see engine.context.statcache).
+_RACY_WINDOW_NS = DEFAULT_RACY_WINDOW_NS
+
+# Everything of a file's stat that a write changes (a write through a shared mapping too: the
+# kernel updates mtime and ctime when it makes the page writable), as the stat cache compares;
+# of a directory, what a mount over it or a replacement changes (its listing and metadata
+# changes are inotify events). Packed without a Python object per file.
+_FILE_STAT = attrgetter("st_ino", "st_size", "st_mtime_ns", "st_ctime_ns", "st_mode", "st_dev")
+_FILE_PACK = struct.Struct("=QqqqQQ").pack
+_DIR_STAT = attrgetter("st_ino", "st_mode", "st_dev")
+_DIR_PACK = struct.Struct("=QQQ").pack
+
+
+def _stat_digest(stat: Any, prefix: str, files: tuple[str, ...], dirs: tuple[str, ...]) -> bytes:
+    h = hashlib.sha256(
+        b"".join(starmap(_FILE_PACK, map(_FILE_STAT, map(stat, [prefix + r for r in files]))))
+    )
+    h.update(b"".join(starmap(_DIR_PACK, map(_DIR_STAT, map(stat, [prefix + r for r in dirs])))))
+    return h.digest()
+
+
+def stamp(tree: ContextTree, manifest: Mapping[str, str], walk_began_ns: int) -> Stamp | None:
+    """What a checksum of ``tree`` with this ``manifest`` covers, from the walk's own lstat
+    results (no new system call); None when a file had changed less than the racy window
+    before the walk began (its entry is not trusted: the next hash walks)."""
+    files: list[str] = []
+    dirs: list[str] = []
+    for rel in manifest:
+        if rel.endswith("/"):
+            dirs.append(rel[:-1])
+        else:
+            files.append(rel)
+    known = tree.lstat
+    stats = list(map(known, files))
+    if None in stats or None in map(known, dirs):
+        return None
+    newest = max((max(t) for t in map(attrgetter("st_mtime_ns", "st_ctime_ns"), stats)), default=0)
+    if walk_began_ns - newest < _RACY_WINDOW_NS:
+        return None
+    files_t, dirs_t = tuple(files), tuple(dirs)
+    return files_t, dirs_t, _stat_digest(known, "", files_t, dirs_t)
+
+
+def unchanged(root: str, kept: Stamp | None) -> bool:
+    """Whether every file and directory a kept checksum of ``root`` covers still has the stat
+    it had when hashed (one ``lstat`` each): inotify sees no write through a shared mapping,
+    the stat does."""
+    if kept is None:
+        return False
+    files, dirs, digest = kept
+    try:
+        return _stat_digest(os.lstat, root.rstrip("/") + "/", files, dirs) == digest
+    except (OSError, ValueError, struct.error):
+        return False
 
 
 def keep(
@@ -45,20 +129,21 @@ def keep(
     generation: int,
     result: str,
     manifest: dict[str, str],
+    stamped: Stamp | None,
     *,
     max_files: int | None = None,
 ) -> None:
-    """Keep a checksum and its manifest (computed under the watch generation ``generation``)
-    for reuse: the most recently kept last, at most ``_KEPT_MAX`` selections and, when
-    ``max_files`` is given (the fork server holds them for all its commands), at most that
-    many manifest entries in all."""
+    """Keep a checksum and its manifest (computed under the watch generation ``generation``,
+    its files' stat as ``stamped``) for reuse: the most recently kept last, at most
+    ``_KEPT_MAX`` selections and, when ``max_files`` is given (the fork server holds them for
+    all its commands), at most that many manifest entries in all."""
     with _kept_lock:
         _KEPT.pop(key, None)
-        _KEPT[key] = (generation, result, manifest)
+        _KEPT[key] = (generation, result, manifest, stamped)
         while len(_KEPT) > _KEPT_MAX:
             del _KEPT[next(iter(_KEPT))]
         if max_files is not None:
-            while len(_KEPT) > 1 and sum(len(m) for _, _, m in _KEPT.values()) > max_files:
+            while len(_KEPT) > 1 and sum(len(k[2]) for k in _KEPT.values()) > max_files:
                 del _KEPT[next(iter(_KEPT))]
 
 
@@ -93,6 +178,8 @@ class ContextHasher:
         # Keyed by (is main context, path): a named context at the main context's directory
         # has its own ignore rules.
         self._trees: dict[tuple[bool, str], tuple[ContextTree, StatCacheSession | None]] = {}
+        # When each tree's walk began (time.time_ns()): before any of its files was read.
+        self._began: dict[tuple[bool, str], int] = {}
         self._memo: dict[tuple[bool, str, ContentSpec], str] = {}
         self._manifests: dict[tuple[bool, str, ContentSpec], dict[str, str]] = {}
         # <Dockerfile>.dockerignore, read once per hasher: the rules and the reuse key both
@@ -111,6 +198,7 @@ class ContextHasher:
         opened = self._trees.get(tree_key)
         if opened is None:
             root = Path(source.path)
+            self._began[tree_key] = time.time_ns()
             # Watched from before the .dockerignore is read and anything is listed.
             walk = _watch.begin(os.path.abspath(root))
             try:
@@ -159,7 +247,13 @@ class ContextHasher:
         reuse_key = self._reuse_key(source, spec)
         with _kept_lock:
             kept = _KEPT.get(reuse_key)
-        if kept is not None and not _watch.changed_since(reuse_key[0], kept[0]):
+        # Every covered file's stat first (a write through a shared mapping makes no inotify
+        # event), then the watch: nothing added, removed or renamed since the generation.
+        if (
+            kept is not None
+            and unchanged(reuse_key[0], kept[3])
+            and not _watch.changed_since(reuse_key[0], kept[0])
+        ):
             self._memo[memo_key] = kept[1]
             self._manifests[memo_key] = kept[2]
             return kept[1]
@@ -184,9 +278,11 @@ class ContextHasher:
         self._manifests[memo_key] = manifest
         walk = tree.watch
         if walk is not None and walk.trusted():
-            keep(reuse_key, walk.generation, result, manifest)
+            tree_key = (source.name == "context", source.path)
+            stamped = stamp(tree, manifest, self._began[tree_key])
+            keep(reuse_key, walk.generation, result, manifest, stamped)
             # A fork server's child hands it to the server, for the next commands.
-            _watch.kept(reuse_key, walk.generation, result, manifest)
+            _watch.kept(reuse_key, walk.generation, result, manifest, stamped)
         return result
 
     def manifest(self, source: LocalSource, spec: ContentSpec) -> Mapping[str, str]:

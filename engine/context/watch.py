@@ -23,11 +23,14 @@ no event. There, and whenever a watch cannot be added (``ENOSPC``/``EMFILE``: th
 such a root is not tried again by this process), the root is simply not watched and every
 build walks it, as without this module. Nothing here ever fails a build.
 
-Known blind spots, as for git's fsmonitor and watchman: a write through a shared ``mmap`` makes
-no inotify event, nor does a write through a hard link that was made *from outside the context
-after the walk* (the file then had one link, so only its directory was watched); mounting over a
-directory inside the context makes none either. A later event in the same directory, or a
-process without the watch (``NBBUILD_CONTEXT_WATCH=0``), sees such a change.
+What inotify does not see: a write through a shared writable ``mmap`` makes no event
+(``numpy.memmap(path, mode="r+")`` maps and closes its descriptor; the mapping keeps the file
+open, so even ``IN_CLOSE_WRITE`` waits for the unmap), nor does a write through a hard link
+made *from outside the context after the walk*, nor a mount over a directory inside it. So a
+generation vouches only for the structure (names, directories, ``.dockerignore``):
+:mod:`engine.context.source` keeps with each checksum the stat of every file and directory it
+covers and compares it (one ``lstat`` each) before reusing it, as the stat cache does, which
+sees all three. What stays blind is what no stat comparison sees (see that module).
 
 Which processes watch: a short CLI process would pay for adding watches and never use them, so
 the default is to watch a root only from the second time this process hashes it (the first
@@ -52,6 +55,7 @@ if TYPE_CHECKING:
     from typing import Protocol
 
     from engine.context.dockerignore import IgnoreRules
+    from engine.context.source import Stamp
 
     class _Kernel(Protocol):
         # What the watcher needs of Inotify (tests pass a subclass that fails on purpose).
@@ -369,10 +373,16 @@ class Watcher:
                 self._drop(state.path)
 
     def kept(
-        self, key: tuple[Any, ...], generation: int, result: str, manifest: dict[str, str]
+        self,
+        key: tuple[Any, ...],
+        generation: int,
+        result: str,
+        manifest: dict[str, str],
+        stamped: Stamp | None,
     ) -> None:
-        """A checksum computed under one of this watcher's walks was kept (a server's child
-        hands it to the server, see :mod:`engine.context.remote`; nothing to do here)."""
+        """A checksum computed under one of this watcher's walks was kept, with the stat of
+        what it covers (a server's child hands it to the server, see
+        :mod:`engine.context.remote`; nothing to do here)."""
 
     def clear(self) -> None:
         """Drop every watch (and the inotify instance)."""
@@ -632,10 +642,16 @@ def changed_since(root: str, generation: int) -> bool:
     return _WATCHER.changed_since(root, generation)
 
 
-def kept(key: tuple[Any, ...], generation: int, result: str, manifest: dict[str, str]) -> None:
+def kept(
+    key: tuple[Any, ...],
+    generation: int,
+    result: str,
+    manifest: dict[str, str],
+    stamped: Stamp | None,
+) -> None:
     """A hasher kept a checksum computed under a watched walk (see :meth:`Watcher.kept`)."""
     if not _off():
-        _WATCHER.kept(key, generation, result, manifest)
+        _WATCHER.kept(key, generation, result, manifest, stamped)
 
 
 def _after_fork_in_child() -> None:

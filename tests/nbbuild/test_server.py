@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import importlib.util
+import mmap
 import os
 import signal
 import subprocess
@@ -536,6 +537,14 @@ EDITS = {
 }
 
 
+def _settle() -> None:
+    """Let the racy window pass: a checksum whose files changed less than it before their walk
+    began is kept but not trusted (the next command walks again)."""
+    from engine.context.statcache import DEFAULT_RACY_WINDOW_NS
+
+    time.sleep(DEFAULT_RACY_WINDOW_NS / 1e9 + 0.1)
+
+
 def _context(tmp_path: Path) -> Path:
     return wb.write_files(  # type: ignore[no-any-return]
         tmp_path / "ctx",
@@ -556,6 +565,7 @@ def test_a_no_op_rebuild_through_the_server_walks_nothing_and_every_edit_is_seen
     env = env_for(servers, root)
     info = warm(servers, env)
     ctx = _context(tmp_path)
+    _settle()
     out = tmp_path / "out"
     first = build_out(ctx, out, env)
     assert first["a/x.txt"][1] == b"hello x\n"
@@ -568,6 +578,7 @@ def test_a_no_op_rebuild_through_the_server_walks_nothing_and_every_edit_is_seen
     walks = 1
     for what, edit in EDITS.items():
         edit(ctx)
+        _settle()
         got = build_out(ctx, out, env)
         walks += 1
         seen = contexts(servers, env)
@@ -581,6 +592,37 @@ def test_a_no_op_rebuild_through_the_server_walks_nothing_and_every_edit_is_seen
     assert got["a/w.txt"][0] & 0o777 == 0o600 and got["c/f.txt"][1] == b"in c\n"
     assert [s.pid for s in running(servers)] == [info.pid]
     assert running(servers)[0].last_error == ""
+
+
+def test_a_write_through_a_shared_mapping_is_seen_through_the_server(
+    servers: Path, tar: Path, tmp_path: Path
+) -> None:
+    """As numpy.memmap(path, mode="r+") writes: open, map, close the descriptor, write through
+    the mapping. None of it is an inotify event; the child that reuses the server's checksum
+    checks the stat of every file it covers first, and the file's mtime and ctime changed."""
+    root = wb.new_store(tmp_path / "store", tar)
+    env = env_for(servers, root)
+    warm(servers, env)
+    ctx = _context(tmp_path)
+    _settle()
+    out = tmp_path / "out"
+    first = build_out(ctx, out, env)
+    with open(ctx / "a" / "x.txt", "r+b") as f:
+        mapping = mmap.mmap(f.fileno(), 0)
+    try:
+        assert build_out(ctx, out, env) == first
+        assert contexts(servers, env) == {"walks": 1, "reused": 1, "kept": 1}
+        mapping[:8] = b"HELLO x\n"  # the same size
+        mapping.flush()
+        _settle()
+        got = build_out(ctx, out, env)
+        assert got["a/x.txt"][1] == b"HELLO x\n"
+        assert contexts(servers, env) == {"walks": 2, "reused": 1, "kept": 2}
+        assert build_out(ctx, out, env) == got
+        assert contexts(servers, env) == {"walks": 2, "reused": 2, "kept": 2}
+    finally:
+        mapping.close()
+    assert got == build_out(ctx, tmp_path / "here", {**env, "NBBUILD_SERVER": "0"})
 
 
 def test_with_the_watch_off_every_command_walks(servers: Path, tar: Path, tmp_path: Path) -> None:
@@ -603,6 +645,7 @@ def test_a_server_killed_between_commands_loses_no_edit(
     env = env_for(servers, root)
     info = warm(servers, env)
     ctx = _context(tmp_path)
+    _settle()
     out = tmp_path / "out"
     build_out(ctx, out, env)
     build_out(ctx, out, env)
@@ -615,6 +658,7 @@ def test_a_server_killed_between_commands_loses_no_edit(
     again = warm(servers, env)
     assert again.pid != info.pid
     (ctx / "top.txt").write_text("TOP\n")
+    _settle()
     got = build_out(ctx, out, env)
     assert (got["a/x.txt"][1], got["top.txt"][1]) == (b"HELLO x\n", b"TOP\n")
     assert contexts(servers, env)["walks"] == 1  # the new server's first child walked
@@ -670,6 +714,7 @@ def test_an_edit_racing_a_childs_walk_is_not_lost(
     monkeypatch.delenv("NBBUILD_CONTEXT_WATCH", raising=False)
     monkeypatch.setattr(watch, "_WATCHER", watch.Watcher())
     monkeypatch.setattr(source, "_KEPT", {})
+    monkeypatch.setattr(source, "_RACY_WINDOW_NS", 0)  # the context was just written
     service = remote.Service()
     ctx = _context(tmp_path)
     every = ContentSpec((PathSelector("/"),))

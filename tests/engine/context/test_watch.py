@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import mmap
 import os
 import shutil
 import struct
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -69,6 +71,9 @@ def watching(monkeypatch: pytest.MonkeyPatch) -> Iterator[watch.Watcher]:
     monkeypatch.setattr(watch, "_WATCHER", fresh)
     monkeypatch.setattr(watch, "_MODE", True)
     monkeypatch.setattr(source_mod, "_KEPT", {})
+    # The files of these contexts were just written: trust them at once (the racy window has
+    # its own test).
+    monkeypatch.setattr(source_mod, "_RACY_WINDOW_NS", 0)
     yield fresh
     fresh.clear()
 
@@ -118,6 +123,19 @@ def _same_size_edit(path: Path, data: str) -> None:
     os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))
 
 
+def _map_for_writing(path: Path) -> mmap.mmap:
+    # As numpy.memmap(path, mode="r+") does: open, map, close the descriptor at once. No event:
+    # the mapping holds the file open (IN_CLOSE_WRITE comes when it is unmapped), and writes
+    # through it make none.
+    with open(path, "r+b") as f:
+        return mmap.mmap(f.fileno(), 0)
+
+
+def _write_through(mapping: mmap.mmap, data: bytes) -> None:
+    mapping[: len(data)] = data
+    mapping.flush()
+
+
 def _replace_symlink(link: Path, target: str) -> None:
     tmp = link.with_name(link.name + ".tmp")
     tmp.symlink_to(target)
@@ -151,6 +169,82 @@ def test_an_unchanged_context_is_not_walked_again(
     assert walked.listed >= 4  # the root, a, b, b/deep
     walked.reset()
     assert hashed(ctx) == first
+    assert hashed(ctx) == first
+    assert not walked.anything
+
+
+def test_a_write_through_a_shared_mapping_is_seen(
+    ctx: Path, watching: watch.Watcher, walked: Walked, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    first = hashed(ctx)
+    mapping = _map_for_writing(ctx / "a" / "x.txt")
+    try:
+        walked.reset()
+        assert hashed(ctx) == first and not walked.anything  # mapping it changed nothing
+        _write_through(mapping, b"HELLO x\n")  # same size; no inotify event
+        again = hashed(ctx)
+        assert walked.anything
+        walked.reset()
+        assert hashed(ctx) == again and not walked.anything  # and the new state is reused
+    finally:
+        mapping.close()
+    assert (ctx / "a" / "x.txt").read_bytes() == b"HELLO x\n"
+    assert again != first and again == cold(ctx, monkeypatch)
+
+
+def test_every_file_and_directory_a_kept_checksum_covers_is_verified(
+    ctx: Path, watching: watch.Watcher
+) -> None:
+    """The stat verification alone (no watch involved): what changes a covered entry's stat
+    fails it, an unchanged tree passes."""
+    tree = ContextTree(ctx)
+    began = time.time_ns()
+    manifest = hashed(ctx)[1]
+    stamped = source_mod.stamp(tree, manifest, began)
+    assert stamped is not None
+    files, dirs, _ = stamped
+    assert set(files) == {"a/x.txt", "a/y.txt", "b/deep/z.txt", "top.txt", "link"}
+    assert set(dirs) == {"a", "b", "b/deep"}
+    assert source_mod.unchanged(str(ctx), stamped)
+
+    _same_size_edit(ctx / "a" / "x.txt", "HELLO x\n")  # mtime restored: ctime tells
+    assert not source_mod.unchanged(str(ctx), stamped)
+    stamped = source_mod.stamp(ContextTree(ctx), manifest, time.time_ns())
+    assert source_mod.unchanged(str(ctx), stamped)
+
+    mapping = _map_for_writing(ctx / "b" / "deep" / "z.txt")
+    try:
+        stamped = source_mod.stamp(ContextTree(ctx), manifest, time.time_ns())
+        assert source_mod.unchanged(str(ctx), stamped)
+        _write_through(mapping, b"HELLO z\n")
+        assert not source_mod.unchanged(str(ctx), stamped)
+    finally:
+        mapping.close()
+
+    stamped = source_mod.stamp(ContextTree(ctx), manifest, time.time_ns())
+    os.rename(ctx / "b" / "deep", ctx / "b" / "gone")
+    (ctx / "b" / "deep").mkdir()  # a directory in its place (same mode, another inode)
+    os.rename(ctx / "b" / "gone" / "z.txt", ctx / "b" / "deep" / "z.txt")
+    assert not source_mod.unchanged(str(ctx), stamped)
+    (ctx / "b" / "deep" / "z.txt").unlink()
+    assert not source_mod.unchanged(str(ctx), stamped)  # a missing file
+    assert not source_mod.unchanged(str(ctx), None)
+
+
+def test_a_file_changed_within_the_racy_window_is_not_trusted(
+    ctx: Path, watching: watch.Watcher, walked: Walked, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Its stat may not change with a write in the same timestamp tick after it was hashed: the
+    # kept checksum is not reused, the next hash walks (and keeps a trusted one once the files
+    # are older than the window when its walk begins).
+    monkeypatch.setattr(source_mod, "_RACY_WINDOW_NS", 3600 * 10**9)
+    first = hashed(ctx)
+    walked.reset()
+    assert hashed(ctx) == first
+    assert walked.anything
+    monkeypatch.setattr(source_mod, "_RACY_WINDOW_NS", 0)
+    assert hashed(ctx) == first
+    walked.reset()
     assert hashed(ctx) == first
     assert not walked.anything
 

@@ -5,6 +5,7 @@ edited one re-runs its COPY with the new bytes (real containers, as tests/engine
 from __future__ import annotations
 
 import importlib.util
+import mmap
 import os
 import sys
 from collections.abc import Iterator
@@ -52,6 +53,9 @@ def watching(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     monkeypatch.setattr(watch, "_WATCHER", fresh)
     monkeypatch.setattr(watch, "_MODE", True)
     monkeypatch.setattr(source_mod, "_KEPT", {})
+    # The context was just written: trust it at once (tests/engine/context/test_watch.py has
+    # the racy window's test).
+    monkeypatch.setattr(source_mod, "_RACY_WINDOW_NS", 0)
     yield
     fresh.clear()
 
@@ -85,3 +89,40 @@ def test_an_edit_between_warm_builds_reruns_the_copy_with_the_new_bytes(
     assert third.step("[3/3]").logs == b"version two\n"
     fourth = bk.build(DOCKERFILE)  # type: ignore[attr-defined]
     assert set(statuses(fourth).values()) == {"cached"}
+
+
+def test_a_write_through_a_shared_mapping_between_warm_builds_is_seen(
+    bk: object, watching: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """As numpy.memmap(path, mode="r+") writes: open, map, close the descriptor, write through
+    the mapping. Nothing of it is an inotify event; the file's mtime and ctime change."""
+    bk.write({"src/app.txt": "version one\n", "src/other.txt": "unchanged\n"})  # type: ignore[attr-defined]
+    first = bk.build(DOCKERFILE)  # type: ignore[attr-defined]
+    assert first.step("[3/3]").logs == b"version one\n"
+    listed: list[str] = []
+    scan = ContextTree._scan_children
+
+    def counting(self: ContextTree, rel: str) -> list[str]:
+        listed.append(rel)
+        return scan(self, rel)
+
+    monkeypatch.setattr(ContextTree, "_scan_children", counting)
+    app = bk.ctx / "src" / "app.txt"  # type: ignore[attr-defined]
+    with open(app, "r+b") as f:
+        mapping = mmap.mmap(f.fileno(), 0)
+    try:
+        again = bk.build(DOCKERFILE)  # type: ignore[attr-defined]
+        assert set(statuses(again).values()) == {"cached"}
+        assert listed == []  # still reused: mapping the file changed nothing
+        mapping[:12] = b"version two\n"
+        mapping.flush()
+        second = bk.build(DOCKERFILE)  # type: ignore[attr-defined]
+        assert second.step("[2/3]").status == "executed"
+        assert second.step("[3/3]").status == "executed"
+        assert second.step("[3/3]").logs == b"version two\n"
+        listed.clear()
+        third = bk.build(DOCKERFILE)  # type: ignore[attr-defined]
+        assert set(statuses(third).values()) == {"cached"}
+        assert listed == []  # the new state is reused (a rootless build hashes in its helper)
+    finally:
+        mapping.close()
