@@ -214,6 +214,22 @@ def inside_printing(func: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
     return _inside.call(func, args, kwargs, capture=True)
 
 
+def image_diff_ids(root: Path, ref: str, count: int) -> tuple[list[str], list[str], list[str]]:
+    """(layers, diff IDs the image store recorded, diff IDs computed now from the snapshots) of
+    the top ``count`` layers of image ``ref`` in the store at ``root``; call through
+    :func:`inside` (the snapshots' files)."""
+    from engine.images.layer import layer_diff_id
+    from engine.images.store import ImageStore
+    from engine.store.store import Store
+
+    with Store.open(root) as store:
+        image = ImageStore(store).get(ref)
+        assert image is not None, ref
+        top = list(image.layers[-count:])
+        computed = [layer_diff_id(store.diff_path(s)).diff_id for s in top]
+        return list(image.layers), list(image.diff_ids[-count:]), computed
+
+
 def cli_function(argv: list[str]) -> int:
     """``nbbuild ARGV`` by its command's function in this process: no user namespace is
     entered, errors are raised, not printed. Tests of the CLI's functions call it through
