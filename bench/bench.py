@@ -725,13 +725,20 @@ def alternate(
     expect_ran: Callable[[int], bool] | None = None,
 ) -> Figure:
     """Warm-up once each, then ``n`` rounds of nb, rl (rootless, when given), bk
-    (``before(i)`` ahead of each round)."""
+    (``before(i)`` ahead of each round). Between two runs, untimed, ``sync``: a build's data
+    still being written back when it returns (BuildKit does not flush; nbbuild flushes what it
+    commits) must not slow down, or be flushed by, whichever builder runs next."""
+
+    def settled(run: Callable[[], Run]) -> Run:
+        os.sync()
+        return run()
+
     for i in range(-1, n):
         if before:
             before(i)
-        a = nb()
-        c = rl() if rl else None
-        b = bk() if bk else None
+        a = settled(nb)
+        c = settled(rl) if rl else None
+        b = settled(bk) if bk else None
         if i >= 0:
             fig.nb.append(a)
             if c:
