@@ -52,7 +52,6 @@ __all__ = ["ServerInfo", "main", "servers", "stop"]
 
 _ERRORS = Path("/nonexistent")  # <key>.error: why the last child could not start its command
 _CHECK_EVERY = 10.0  # seconds between checks (socket still ours, code unchanged) when idle
-_PR_SET_PDEATHSIG = 1
 
 # What a command may import on its way (function-level imports of the engine and the standard
 # library), loaded once here: a command in a child imports nothing.
@@ -342,8 +341,7 @@ def _accept(
         conn, _ = listener.accept()
     except OSError:
         return None
-    creds = conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
-    if struct.unpack("3i", creds)[1] != os.geteuid():
+    if client._peer_uid(conn) != os.geteuid():
         conn.close()  # only its own user's commands
         return None
     parent = os.getpid()
@@ -425,11 +423,9 @@ def _child(
 
 
 def _die_with(parent: int) -> None:
-    import ctypes
+    from engine.userns.helper import dies_with
 
-    libc = ctypes.CDLL(None, use_errno=True)
-    libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
-    if os.getppid() != parent:
+    if not dies_with(parent):
         os._exit(70)  # the server died before the death signal was armed
 
 

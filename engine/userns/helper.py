@@ -41,7 +41,7 @@ from typing import Any
 from engine.errors import BuildCanceled, InternalError, NbbuildError
 from engine.userns.idmap import IdMapping, current_mapping
 
-__all__ = ["Helper", "call"]
+__all__ = ["Helper", "call", "dies_with"]
 
 _HEADER = struct.Struct("!I")
 _PR_SET_PDEATHSIG = 1
@@ -387,11 +387,18 @@ def _serve(sock: socket.socket) -> None:
         _send(sock, lock, outcome[0])
 
 
-def main(argv: list[str]) -> int:
-    fd, mapping_text, parent = int(argv[1]), argv[2], int(argv[3])
+def dies_with(parent: int) -> bool:
+    """Arm SIGKILL on the death of this process's parent (``PR_SET_PDEATHSIG``); False when
+    ``parent`` died before it was armed (this process was already reparented). Used by the
+    helper and by the CLI server's children (nbbuild/server.py)."""
     libc = ctypes.CDLL(None, use_errno=True)
     libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
-    if os.getppid() != parent:
+    return os.getppid() == parent
+
+
+def main(argv: list[str]) -> int:
+    fd, mapping_text, parent = int(argv[1]), argv[2], int(argv[3])
+    if not dies_with(parent):
         return 1  # the caller died before the death signal was armed
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the caller decides; it sends "cancel"
     sock = socket.socket(fileno=fd)

@@ -94,6 +94,19 @@ def nbbuild(
     )
 
 
+def started(*args: str | Path, env: dict[str, str], **kw: object) -> subprocess.Popen[str]:
+    """``nbbuild ARGS`` started, not waited for (output discarded unless ``kw`` says)."""
+    kw.setdefault("stdout", subprocess.DEVNULL)
+    kw.setdefault("stderr", subprocess.DEVNULL)
+    return subprocess.Popen(  # type: ignore[call-overload,no-any-return]
+        [sys.executable, "-m", "nbbuild", *map(str, args)],
+        env=env,
+        cwd=wb.REPO,
+        text=True,
+        **kw,
+    )
+
+
 def running(directory: Path) -> list[server.ServerInfo]:
     return server.servers(str(directory))
 
@@ -127,13 +140,8 @@ def test_the_first_command_starts_a_server_and_the_next_runs_in_its_child(
     # A build with a step that waits: while it runs, the engine is a child of the server,
     # and the command's own process has no child at all.
     ctx = wb.write_files(tmp_path / "ctx", {"Dockerfile": SLEEPY})
-    run = subprocess.Popen(
-        [sys.executable, "-m", "nbbuild", "build", "--progress=plain", str(ctx)],
-        env=env,
-        cwd=wb.REPO,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
+    run = started(
+        "build", "--progress=plain", ctx, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE
     )
     try:
         wb.wait_for_container(root, ("sleep", "30"), alive=lambda: run.poll() is None)
@@ -244,13 +252,7 @@ def test_a_command_killed_with_sigkill_takes_its_build_with_it(
     env = env_for(servers, root)
     info = warm(servers, env)
     ctx = wb.write_files(tmp_path / "ctx", {"Dockerfile": SLEEPY})
-    run = subprocess.Popen(
-        [sys.executable, "-m", "nbbuild", "build", "--progress=plain", "-t", "nap", str(ctx)],
-        env=env,
-        cwd=wb.REPO,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
+    run = started("build", "--progress=plain", "-t", "nap", ctx, env=env)
     try:
         sleeper = wb.wait_for_container(root, ("sleep", "30"), alive=lambda: run.poll() is None)
         engine = wb.engine_of(root)
@@ -284,13 +286,7 @@ def test_a_command_ends_as_its_child_ended_even_by_a_signal(
     env = env_for(servers, root)
     info = warm(servers, env)
     ctx = wb.write_files(tmp_path / "ctx", {"Dockerfile": SLEEPY})
-    run = subprocess.Popen(
-        [sys.executable, "-m", "nbbuild", "build", "--progress=plain", str(ctx)],
-        env=env,
-        cwd=wb.REPO,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
+    run = started("build", "--progress=plain", ctx, env=env)
     try:
         wb.wait_for_container(root, ("sleep", "30"), alive=lambda: run.poll() is None)
         engine = wb.engine_of(root)
@@ -325,11 +321,7 @@ def test_a_command_with_a_low_descriptor_limit(servers: Path, tar: Path, tmp_pat
     [info] = running(servers)
     assert info.last_error == ""
     ctx = wb.write_files(tmp_path / "ctx", {"Dockerfile": SLEEPY})
-    run = subprocess.Popen(
-        [sys.executable, "-m", "nbbuild", "build", "--progress=plain", str(ctx)],
-        env=env, cwd=wb.REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-        preexec_fn=low,
-    )  # fmt: skip
+    run = started("build", "--progress=plain", ctx, env=env, preexec_fn=low)
     try:
         wb.wait_for_container(root, ("sleep", "30"), alive=lambda: run.poll() is None)
         assert wb.engine_of(root) in children_of(info.pid)  # it ran in the server's child
